@@ -57,6 +57,10 @@ class Attention(nn.Module):
         if padding_mask is not None and padding_mask.shape != (k.shape[0], k.shape[2]):
             raise ValueError(f"{self.name}: padding_mask must be (batch, length), got {tuple(padding_mask.shape)}")
 
+    def trial_metrics(self) -> dict[str, float]:
+        """Statistics of the last forward worth storing with the trial (e.g. sbm's ``edge_fraction``); none here."""
+        return {}
+
     def extra_repr(self) -> str:
         return f"heads={self.heads}, head_dim={self.head_dim}, max_len={self.max_len}, causal={self.causal}"
 

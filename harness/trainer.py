@@ -12,7 +12,7 @@ import math
 import os
 import socket
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -39,7 +39,6 @@ class TrialResult:
     device: str
     world_size: int
     num_parameters: int
-    extra: dict[str, float] = field(default_factory=dict)
 
 
 def _free_port() -> int:
@@ -164,6 +163,7 @@ def run_trial(config: dict[str, Any]) -> TrialResult:
 
     metrics = evaluate(engine.module, task, train["eval_batch_size"], device)
     metrics.append(("train", "loss", last_loss))
+    metrics.extend(("train", name, value) for name, value in plugin_metrics(engine.module).items())
     return TrialResult(
         metrics=metrics,
         peak_memory_bytes=int(peak),
@@ -174,4 +174,16 @@ def run_trial(config: dict[str, Any]) -> TrialResult:
         world_size=world_size,
         num_parameters=num_parameters,
     )
+
+
+def plugin_metrics(model: torch.nn.Module) -> dict[str, float]:
+    """Mean over layers of each statistic the plugins report (``Attention.trial_metrics``) for the last forward."""
+    from attentions import Attention
+
+    collected: dict[str, list[float]] = {}
+    for module in model.modules():
+        if isinstance(module, Attention):
+            for name, value in module.trial_metrics().items():
+                collected.setdefault(name, []).append(float(value))
+    return {name: sum(values) / len(values) for name, values in collected.items()}
 
