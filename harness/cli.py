@@ -1,0 +1,111 @@
+"""The ``attnbench`` command: run grids, list what exists, render reports.
+
+Bad input (a grid with a YAML error, an unknown key, plugin, task or parameter, a wrong type) exits with status 2 and
+one line naming the file and the field, before Ray starts or the store is touched.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from rich.console import Console
+
+EXIT_BAD_INPUT, EXIT_TRIALS_FAILED = 2, 1
+
+
+def _run(args: argparse.Namespace, console: Console) -> int:
+    import attentions
+    from harness.grid import load_trials
+    from harness.scheduler import run_grid
+    from harness.store import ResultStore
+
+    for folder in args.plugins:
+        attentions.load_plugin_dir(folder)
+    grid, trials = load_trials(args.grid)
+    if any(t.resources["workers"] > 1 for t in trials):
+        raise ValueError(f"{args.grid}: resources.workers: multi-worker trials are not supported yet (use 1)")
+    console.print(f"grid [bold]{grid.name}[/bold]: {len(trials)} trials -> {args.results}")
+    summary = run_grid(
+        trials,
+        ResultStore(args.results),
+        address=args.address,
+        max_concurrent=args.max_concurrent,
+        plugin_dirs=args.plugins,
+        console=console,
+    )
+    console.print(
+        f"done in {summary.seconds:.1f}s: {len(summary.ok)} ok, {len(summary.failed)} failed, "
+        f"{summary.skipped} already stored; results in {args.results}"
+    )
+    if summary.failed:
+        console.print(f"[red]{len(summary.failed)} trials failed; their errors are stored (status = failed)[/red]")
+        return EXIT_TRIALS_FAILED
+    return 0
+
+
+def _list(args: argparse.Namespace, console: Console) -> int:
+    import attentions
+    import tasks
+    from harness.grid import shipped_grids
+
+    for folder in args.plugins:
+        attentions.load_plugin_dir(folder)
+    console.print("[bold]attentions[/bold]")
+    for name in attentions.names():
+        params = ", ".join(f"{k}={p.default!r}" for k, p in attentions.parameters(name).items())
+        causal = "causal" if attentions.get(name).supports_causal else "encoder only"
+        console.print(f"  {name:<18} {causal:<13} {params}", highlight=False)
+    console.print("[bold]tasks[/bold]")
+    for name in tasks.names():
+        console.print(f"  {name:<18} {', '.join(tasks.parameters(name))}", highlight=False)
+    console.print("[bold]grids[/bold]")
+    for name in shipped_grids():
+        console.print(f"  {name}", highlight=False)
+    return 0
+
+
+def _report(args: argparse.Namespace, console: Console) -> int:
+    from harness.report import write_report
+
+    path = write_report(args.results, args.out)
+    console.print(f"report written to {path}")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="attnbench", description=__doc__.splitlines()[0])
+    verbs = top.add_subparsers(dest="verb", required=True)
+    run = verbs.add_parser("run", help="run a grid (a YAML file or the name of a shipped grid)")
+    run.add_argument("grid")
+    run.add_argument("--address", default=None, help="Ray cluster to join: auto, HOST:PORT or ray://HOST:10001")
+    run.add_argument("--results", type=Path, default=Path("results"), help="Parquet store directory")
+    run.add_argument("--plugins", action="append", default=[], metavar="DIR", help="load every *.py in DIR")
+    run.add_argument("--max-concurrent", type=int, default=None, help="at most N trials at once")
+    listing = verbs.add_parser("list", help="list attentions, tasks and shipped grids")
+    listing.add_argument("--plugins", action="append", default=[], metavar="DIR")
+    report = verbs.add_parser("report", help="render the store as one HTML page")
+    report.add_argument("--results", type=Path, default=Path("results"))
+    report.add_argument("--out", type=Path, default=Path("reports/report.html"))
+    return top
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    args = parser().parse_args(argv)
+    console = Console(stderr=True)
+    handlers = {"run": _run, "list": _list, "report": _report}
+    try:
+        return handlers[args.verb](args, console)
+    except ValueError as exc:  # GridError and every plugin/task validation error
+        console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        console.print("interrupted; finished trials are stored, re-run the same grid to resume")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

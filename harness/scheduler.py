@@ -1,0 +1,196 @@
+"""Run a grid's trials as Ray tasks and store each one the moment it finishes.
+
+With no address an embedded Ray starts on this machine, bound to 127.0.0.1, without dashboard or usage stats; with
+``--address`` (or ``RAY_ADDRESS``) the driver joins an existing cluster. Each trial is one Ray task with the grid's
+resources. A trial that raises comes back as a ``failed`` result (no retry: the same config would fail again); a
+trial whose worker process dies is retried by Ray up to ``max_retries`` times and then stored as failed. Trials
+already stored as ``ok`` are skipped, so an interrupted grid resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import platform
+import subprocess
+import time
+import traceback
+from dataclasses import asdict, dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from harness.grid import Trial
+from harness.store import ResultStore, rows_for_trial
+
+LOCAL_HOST = "127.0.0.1"
+
+
+@dataclass
+class GridSummary:
+    """What a run did: counts, and the ids of the trials it stored."""
+
+    total: int
+    skipped: int
+    ok: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def versions() -> dict[str, str]:
+    names = ("torch", "ray", "deepspeed", "attnbench")
+    found = {"python": platform.python_version()}
+    for name in names:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            found[name] = "unknown"
+    return found
+
+
+def git_sha() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def execute_trial(config: dict[str, Any], plugin_dirs: list[str]) -> dict[str, Any]:
+    """Body of the Ray task: run one trial, turning any exception into a failed result (never raises)."""
+    import attentions
+    from harness.trainer import run_trial
+
+    started = _now()
+    outcome: dict[str, Any] = {"result": None, "error": None, "versions": versions()}
+    try:
+        for folder in plugin_dirs:
+            attentions.load_plugin_dir(folder)
+        outcome["result"] = asdict(run_trial(config))
+    except Exception as exc:  # stored with the trial, the grid goes on
+        tail = "".join(traceback.format_exception(exc)[-3:]).strip()
+        outcome["error"] = f"{type(exc).__name__}: {exc}\n{tail}"
+    outcome["started_at"], outcome["finished_at"] = started, _now()
+    return outcome
+
+
+def connect(address: str | None) -> bool:
+    """Join the cluster at ``address`` (or ``RAY_ADDRESS``) or start an embedded one; True if we started it."""
+    import ray
+
+    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+    if ray.is_initialized():
+        return False
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    if address:
+        ray.init(address=address, log_to_driver=False)
+        return False
+    ray.init(include_dashboard=False, _node_ip_address=LOCAL_HOST, log_to_driver=False, configure_logging=False)
+    return True
+
+
+def _rows(trial: Trial, outcome: dict[str, Any], sha: str | None) -> list[dict[str, Any]]:
+    result = outcome.get("result") or {}
+    common = {
+        "peak_memory_bytes": result.get("peak_memory_bytes"),
+        "tokens_per_second": result.get("tokens_per_second"),
+        "train_seconds": result.get("train_seconds"),
+        "steps": result.get("steps"),
+        "num_parameters": result.get("num_parameters"),
+        "device": result.get("device"),
+        "world_size": result.get("world_size"),
+        "started_at": outcome.get("started_at"),
+        "finished_at": outcome.get("finished_at") or _now(),
+        "git_sha": sha,
+        "versions": json.dumps(outcome.get("versions") or versions(), sort_keys=True),
+    }
+    metrics = [tuple(m) for m in result.get("metrics", [])]
+    return rows_for_trial(trial.trial_id, trial.config(), metrics=metrics, error=outcome.get("error"), common=common)
+
+
+def _headline(outcome: dict[str, Any]) -> str:
+    if outcome.get("error"):
+        return outcome["error"].splitlines()[0][:120]
+    metrics = outcome["result"]["metrics"]
+    shown = [f"{split}/{name}={value:.4g}" for split, name, value in metrics if split != "train" and name != "loss"]
+    return " ".join(shown[:3])
+
+
+def run_grid(
+    trials: list[Trial],
+    store: ResultStore,
+    *,
+    address: str | None = None,
+    max_concurrent: int | None = None,
+    plugin_dirs: list[str] | None = None,
+    console: Console | None = None,
+) -> GridSummary:
+    """Run every trial not already stored as ok; write each to ``store`` as soon as it finishes."""
+    import ray
+
+    console = console or Console(stderr=True)
+    unique = list({trial.trial_id: trial for trial in trials}.values())
+    finished = store.finished_ids()
+    pending = [trial for trial in unique if trial.trial_id not in finished]
+    summary = GridSummary(total=len(unique), skipped=len(unique) - len(pending))
+    if summary.skipped:
+        console.print(f"[dim]{summary.skipped} of {len(unique)} trials already stored; skipping them[/dim]")
+    if not pending:
+        return summary
+    started_ray = connect(address)
+    sha, dirs = git_sha(), [str(Path(d).resolve()) for d in plugin_dirs or []]
+    remote = ray.remote(execute_trial)
+    cap = max_concurrent or len(pending)
+    queue, in_flight = list(pending), {}
+    clock = time.perf_counter()
+    columns = (
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("ok {task.fields[ok]}  failed {task.fields[failed]}  left {task.fields[left]}"),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+    )
+    try:
+        with Progress(*columns, console=console, transient=False) as progress:
+            bar = progress.add_task("trials", total=len(pending), ok=0, failed=0, left=len(pending))
+            while queue or in_flight:
+                while queue and len(in_flight) < cap:
+                    trial = queue.pop(0)
+                    res = trial.resources
+                    options = {"num_cpus": res["cpus"], "num_gpus": res["gpus"], "max_retries": res["max_retries"]}
+                    in_flight[remote.options(**options).remote(trial.config(), dirs)] = trial
+                ready, _ = ray.wait(list(in_flight), num_returns=1)
+                for ref in ready:
+                    trial = in_flight.pop(ref)
+                    try:
+                        outcome = ray.get(ref)
+                    except Exception as exc:  # the worker died (after Ray's retries) or the task was cancelled
+                        outcome = {"error": f"{type(exc).__name__}: {str(exc).strip()[:2000]}"}
+                    store.write_trial(trial.trial_id, _rows(trial, outcome, sha))
+                    (summary.failed if outcome.get("error") else summary.ok).append(trial.trial_id)
+                    status = "[red]failed[/red]" if outcome.get("error") else "[green]ok[/green]"
+                    progress.console.print(f"{status} {trial.label} {_headline(outcome)}")
+                    progress.update(
+                        bar,
+                        advance=1,
+                        ok=len(summary.ok),
+                        failed=len(summary.failed),
+                        left=len(queue) + len(in_flight),
+                    )
+    finally:
+        if started_ray:
+            ray.shutdown()
+    summary.seconds = time.perf_counter() - clock
+    return summary

@@ -1,0 +1,123 @@
+"""The results store: a tidy Parquet dataset, one part file per trial, one row per (trial, split, metric).
+
+Writes are atomic: rows go to a dot-prefixed temporary file in the store, which is fsynced and renamed onto
+``part-<trial_id>.parquet``. Readers (pyarrow skips names starting with ``.`` or ``_``) never see a half-written
+file, a crash leaves at most an ignored temporary, and because the file name is the trial id a trial can never appear
+twice: re-running a failed trial replaces its ``failed`` row. ``pandas.read_parquet(store_dir)`` reads everything.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+SCHEMA = pa.schema(
+    [
+        ("trial_id", pa.string()),
+        ("grid", pa.string()),
+        ("task", pa.string()),
+        ("scale", pa.string()),
+        ("attention", pa.string()),
+        ("params", pa.string()),  # JSON of the attention's parameters
+        ("config", pa.string()),  # JSON of the whole trial
+        ("seed", pa.int64()),
+        ("status", pa.string()),  # ok | failed
+        ("error", pa.string()),
+        ("split", pa.string()),
+        ("metric", pa.string()),
+        ("value", pa.float64()),
+        ("length", pa.int64()),  # sequence length of a speed/memory measurement; null for trained trials
+        ("peak_memory_bytes", pa.int64()),
+        ("tokens_per_second", pa.float64()),
+        ("train_seconds", pa.float64()),
+        ("steps", pa.int64()),
+        ("num_parameters", pa.int64()),
+        ("device", pa.string()),
+        ("world_size", pa.int64()),
+        ("started_at", pa.timestamp("us", tz="UTC")),
+        ("finished_at", pa.timestamp("us", tz="UTC")),
+        ("git_sha", pa.string()),
+        ("versions", pa.string()),  # JSON: python, torch, ray, deepspeed, attnbench
+    ]
+)
+COLUMNS = SCHEMA.names
+
+
+class ResultStore:
+    """A directory of Parquet part files (created on first write)."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    def _parts(self) -> list[Path]:
+        return sorted(self.root.glob("part-*.parquet")) if self.root.is_dir() else []
+
+    def finished_ids(self) -> set[str]:
+        """Ids of trials stored with status ``ok`` (failed ones are run again)."""
+        parts = self._parts()
+        if not parts:
+            return set()
+        table = pq.read_table(parts, columns=["trial_id", "status"])
+        frame = table.to_pandas()
+        return set(frame.loc[frame["status"] == "ok", "trial_id"])
+
+    def write_trial(self, trial_id: str, rows: list[dict[str, Any]]) -> Path:
+        """Atomically store (or replace) every row of one trial."""
+        if not rows or any(row["trial_id"] != trial_id for row in rows):
+            raise ValueError(f"store: rows for trial {trial_id} are empty or belong to another trial")
+        self.root.mkdir(parents=True, exist_ok=True)
+        table = pa.Table.from_pylist([{c: row.get(c) for c in COLUMNS} for row in rows], schema=SCHEMA)
+        target = self.root / f"part-{trial_id}.parquet"
+        handle, temporary = tempfile.mkstemp(prefix=f".part-{trial_id}.", suffix=".tmp", dir=self.root)
+        try:
+            with os.fdopen(handle, "wb") as sink:
+                pq.write_table(table, sink)
+                sink.flush()
+                os.fsync(sink.fileno())
+            os.replace(temporary, target)
+        except BaseException:
+            Path(temporary).unlink(missing_ok=True)
+            raise
+        return target
+
+    def read(self) -> pd.DataFrame:
+        """Every stored row (an empty frame with the schema's columns when nothing is stored)."""
+        parts = self._parts()
+        if not parts:
+            return SCHEMA.empty_table().to_pandas()
+        return pq.read_table(parts, schema=SCHEMA).to_pandas()
+
+
+def rows_for_trial(
+    trial_id: str,
+    config: dict[str, Any],
+    *,
+    metrics: list[tuple[str, str, float]] | None,
+    error: str | None,
+    common: dict[str, Any],
+) -> list[dict[str, Any]]:
+    """Tidy rows of one trial: one per (split, metric), or a single ``failed`` row carrying the error."""
+    base = {
+        "trial_id": trial_id,
+        "grid": config["grid"],
+        "task": config["task"],
+        "scale": config["scale"],
+        "attention": config["attention"],
+        "params": json.dumps(config["params"], sort_keys=True),
+        "config": json.dumps(config, sort_keys=True),
+        "seed": config["seed"],
+        **common,
+    }
+    if error is not None:
+        return [{**base, "status": "failed", "error": error, "split": None, "metric": None, "value": None}]
+    return [
+        {**base, "status": "ok", "error": None, "split": split, "metric": metric, "value": float(value)}
+        for split, metric, value in metrics or []
+    ]

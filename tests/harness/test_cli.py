@@ -1,0 +1,128 @@
+"""The ``attnbench`` command end to end: a real grid on the embedded Ray, bad input, a killed driver."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import textwrap
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+pytestmark = pytest.mark.slow
+
+EXPLODING = '''
+from attentions import Attention, register_attention
+
+@register_attention("exploding")
+class ExplodingAttention(Attention):
+    """Fails on purpose: a trial that raises must be stored as failed while the grid goes on."""
+    def __init__(self, *, heads: int, head_dim: int, max_len: int, causal: bool = False):
+        super().__init__(heads=heads, head_dim=head_dim, max_len=max_len, causal=causal)
+    def forward(self, q, k, v, padding_mask=None):
+        raise RuntimeError("exploding attention says no")
+'''
+
+
+def cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    return subprocess.run(
+        [sys.executable, "-m", "harness.cli", *args], capture_output=True, text=True, timeout=timeout, env=env
+    )
+
+
+def grid_file(tmp_path: Path, attentions: str, seeds: str = "[0]", steps: int = 10, name: str = "tiny") -> Path:
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(
+        textwrap.dedent(
+            f"""
+            name: {name}
+            tasks: [{{sort: {{train_size: 200, test_size: 16}}}}]
+            scale: smoke
+            seeds: {seeds}
+            attentions: {attentions}
+            train: {{steps: {steps}, batch_size: 8}}
+            """
+        )
+    )
+    return path
+
+
+def test_run_stores_every_trial_and_failures_and_reruns_skip(tmp_path):
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "exploding.py").write_text(EXPLODING)
+    results = tmp_path / "results"
+    grid = grid_file(tmp_path, "{vanilla: {}, local: {block_size: 4}, exploding: {}}")
+
+    first = cli("run", str(grid), "--results", str(results), "--plugins", str(plugins))
+    assert first.returncode == 1, first.stderr  # one trial failed: non-zero, but the grid finished
+    frame = pd.read_parquet(results)
+    assert frame["trial_id"].nunique() == 3
+    failed = frame[frame["status"] == "failed"]
+    assert len(failed) == 1 and failed["attention"].item() == "exploding"
+    assert "exploding attention says no" in failed["error"].item()
+    ok = frame[frame["status"] == "ok"]
+    assert set(ok["attention"]) == {"vanilla", "local"}
+    assert {"exact_match", "edit_distance", "loss"} <= set(ok["metric"])
+    assert (ok["peak_memory_bytes"] > 0).all() and (ok["tokens_per_second"] > 0).all()
+    assert (ok["num_parameters"] > 0).all() and (ok["device"] == "cpu").all()
+
+    second = cli("run", str(grid), "--results", str(results), "--plugins", str(plugins))
+    assert "2 of 3 trials already stored" in second.stderr
+    again = pd.read_parquet(results)
+    assert again["trial_id"].nunique() == 3 and len(again) == len(frame)  # the failed one re-ran, replaced
+    pd.testing.assert_frame_equal(
+        again[again.status == "ok"].sort_values(["trial_id", "split", "metric"]).reset_index(drop=True),
+        ok.sort_values(["trial_id", "split", "metric"]).reset_index(drop=True),
+    )
+
+    report = tmp_path / "report.html"
+    assert cli("report", "--results", str(results), "--out", str(report)).returncode == 0
+    html = report.read_text()
+    assert "Local Attention (4)" in html and "Transformer" in html and "exploding attention says no" in html
+
+
+def test_bad_grid_exits_2_with_one_line_and_touches_nothing(tmp_path):
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "part-keep.parquet").write_bytes(b"existing bytes")
+    bad = grid_file(tmp_path, "{local: {block_size: 4, window: 3}}")
+    run = cli("run", str(bad), "--results", str(results))
+    assert run.returncode == 2
+    assert "Traceback" not in run.stderr
+    assert f"{bad}: attentions.local: attention 'local' has no parameter 'window'" in " ".join(run.stderr.split())
+    assert sorted(p.name for p in results.iterdir()) == ["part-keep.parquet"]
+    assert (results / "part-keep.parquet").read_bytes() == b"existing bytes"
+
+
+def test_driver_killed_with_sigkill_resumes_with_every_trial_exactly_once(tmp_path):
+    results = tmp_path / "results"
+    grid = grid_file(tmp_path, "{vanilla: {}, local: {block_size: 4}}", seeds="[0, 1]", steps=60, name="killme")
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "harness.cli", "run", str(grid), "--results", str(results), "--max-concurrent", "1"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+    )
+    deadline = time.time() + 240
+    while time.time() < deadline and not list(results.glob("part-*.parquet")):
+        time.sleep(0.2)
+    driver.send_signal(signal.SIGKILL)
+    driver.wait(timeout=30)
+    stored_before = {p.name for p in results.glob("part-*.parquet")}
+    assert 1 <= len(stored_before) < 4, "the driver should be killed mid-grid"
+
+    rerun = cli("run", str(grid), "--results", str(results))
+    assert rerun.returncode == 0, rerun.stderr
+    assert f"{len(stored_before)} of 4 trials already stored" in rerun.stderr
+    frame = pd.read_parquet(results)
+    assert frame["trial_id"].nunique() == 4 and (frame["status"] == "ok").all()
+    per_trial = frame.groupby("trial_id").apply(lambda g: g[["split", "metric"]].duplicated().sum(), include_groups=False)
+    assert (per_trial == 0).all()  # no (split, metric) row twice within any trial
+    assert {p.name for p in results.glob("part-*.parquet")} >= stored_before

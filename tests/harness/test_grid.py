@@ -1,0 +1,96 @@
+"""Grid loading, expansion and the error messages a user sees."""
+
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+
+from harness.grid import GridError, expand, load, load_trials
+
+BASE = """
+name: g
+tasks: [sort]
+scale: smoke
+seeds: [0, 1]
+attentions:
+  vanilla: {}
+  local: {block_size: [2, 4]}
+  sparse: {block_size: 4, stride: [1, 2]}
+train: {steps: 5, batch_size: 4}
+"""
+
+
+def write(tmp_path, text: str, name: str = "grid.yaml"):
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def test_expansion_is_a_cartesian_product_per_attention(tmp_path):
+    grid, trials = load_trials(write(tmp_path, BASE))
+    assert grid.name == "g"
+    # vanilla 1 + local 2 + sparse 2 cells, times 2 seeds
+    assert len(trials) == 10
+    assert sorted(t.params.get("block_size") for t in trials if t.attention == "local") == [2, 2, 4, 4]
+    assert {t.seed for t in trials} == {0, 1}
+    assert len({t.trial_id for t in trials}) == 10
+
+
+def test_trial_ids_are_stable_and_follow_the_config(tmp_path):
+    first = {t.label: t.trial_id for t in load_trials(write(tmp_path, BASE))[1]}
+    second = {t.label: t.trial_id for t in load_trials(write(tmp_path, BASE, "again.yaml"))[1]}
+    assert first == second
+    changed = {t.label: t.trial_id for t in load_trials(write(tmp_path, BASE.replace("steps: 5", "steps: 6")))[1]}
+    assert not set(first.values()) & set(changed.values())
+    more_cpus = write(tmp_path, BASE + "resources: {cpus: 2}\n", "cpus.yaml")
+    assert {t.label: t.trial_id for t in load_trials(more_cpus)[1]} == first  # cpus cannot change a result
+
+
+def test_include_overrides_key_by_key(tmp_path):
+    write(tmp_path, BASE, "base.yaml")
+    child = write(tmp_path, "include: base.yaml\nname: child\nseeds: [3]\ntrain: {steps: 7}\n", "child.yaml")
+    grid = load(child)
+    assert grid.name == "child" and grid.seeds == [3]
+    assert grid.train.steps == 7 and grid.train.batch_size == 4  # merged, not replaced
+    assert len(expand(grid)) == 5
+
+
+def test_shipped_smoke_grid_loads():
+    grid, trials = load_trials("smoke")
+    assert grid.scale == "smoke" and {t.attention for t in trials} == {"vanilla", "local", "sparse"}
+    assert len(trials) == 6
+
+
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("name: g\ntasks: [sort\n", "invalid YAML"),
+        (BASE + "colour: red\n", "colour: Extra inputs are not permitted"),
+        (BASE.replace("vanilla: {}", "vanila: {}"), "attentions.vanila: unknown attention 'vanila'; did you mean 'vanilla'"),
+        (BASE.replace("stride: [1, 2]", "strid: 1"), "attentions.sparse: attention 'sparse' has no parameter 'strid'; did you mean 'stride'"),
+        (BASE.replace("block_size: [2, 4]", "block_size: [2, '4']"), "attentions.local.block_size: Input should be a valid integer (got '4')"),
+        (BASE.replace("tasks: [sort]", "tasks: [sorting]"), "tasks.sorting: unknown task 'sorting'; did you mean 'sort'"),
+        (BASE.replace("tasks: [sort]", "tasks: [{sort: {lenght: 4}}]"), "tasks.sort: task 'sort' has no parameter 'lenght'"),
+        (BASE.replace("steps: 5", "steps: many"), "train.steps: Input should be a valid integer"),
+        (BASE.replace("scale: smoke", "scale: huge"), "scale: Input should be 'smoke', 'small' or 'paper'"),
+        (BASE.replace("stride: [1, 2]", "stride: 9"), "stride must be an int in [1, block_size=4]"),
+        ("- just\n- a list\n", "a grid must be a mapping"),
+    ],
+)
+def test_bad_grids_name_file_and_field(tmp_path, text, expected):
+    path = write(tmp_path, text)
+    with pytest.raises(GridError) as info:
+        load_trials(path)
+    message = str(info.value)
+    assert message.startswith(str(path)), message
+    assert expected in message, message
+
+
+def test_missing_grid_and_include_cycle(tmp_path):
+    with pytest.raises(GridError, match="no such grid file"):
+        load_trials("no_such_grid")
+    write(tmp_path, "include: b.yaml\n", "a.yaml")
+    write(tmp_path, "include: a.yaml\n", "b.yaml")
+    with pytest.raises(GridError, match="include: cycle"):
+        load_trials(tmp_path / "a.yaml")

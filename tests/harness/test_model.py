@@ -1,0 +1,53 @@
+"""The shared Transformer: identical surroundings for every plugin, each head works."""
+
+from __future__ import annotations
+
+import torch
+
+from harness.model import ModelConfig, Transformer
+
+
+def config(kind: str, attention: str = "vanilla", **kw) -> ModelConfig:
+    params = {"block_size": 4} if attention in ("local", "sparse") else {}
+    return ModelConfig(kind=kind, vocab_size=12, max_len=32, attention=attention, attention_params=params,
+                       num_classes=3 if kind == "classify" else 0, layers=2, dim=32, heads=4, mlp_dim=64, **kw)
+
+
+def test_parameter_free_plugins_get_identical_surroundings():
+    counts = {name: Transformer(config("seq2seq", name)).num_parameters() for name in ("vanilla", "local", "sparse")}
+    assert len(set(counts.values())) == 1, counts
+
+
+def test_lm_is_causal_end_to_end():
+    torch.manual_seed(0)
+    model = Transformer(config("lm", "local")).eval()
+    tokens = torch.randint(2, 12, (2, 20))
+    mask = torch.ones_like(tokens, dtype=torch.bool)
+    logits = model.decode(tokens, mask)
+    changed = tokens.clone()
+    changed[:, 12:] = (changed[:, 12:] + 3) % 10 + 2
+    torch.testing.assert_close(model.decode(changed, mask)[:, :12], logits[:, :12])
+
+
+def test_classifier_ignores_padding_and_seq2seq_generates():
+    torch.manual_seed(0)
+    model = Transformer(config("classify", "sparse")).eval()
+    tokens = torch.randint(2, 12, (2, 16))
+    mask = torch.ones_like(tokens, dtype=torch.bool)
+    mask[:, 10:] = False
+    batch = {"tokens": tokens, "mask": mask, "label": torch.tensor([0, 2])}
+    logits = model.predictions(batch)[0]
+    other = dict(batch, tokens=torch.where(mask, tokens, torch.randint(2, 12, tokens.shape)))
+    torch.testing.assert_close(model.predictions(other)[0], logits)
+
+    seq = Transformer(config("seq2seq", "local")).eval()
+    out = seq.generate(tokens, torch.ones_like(mask), 7)
+    assert out.shape == (2, 7) and (out >= 2).all()
+
+
+def test_tie_kv_shares_one_projection():
+    model = Transformer(config("lm", "vanilla", tie_kv=True))
+    layer = model.decoder[0].attn
+    assert layer.k is layer.v
+    untied = Transformer(config("lm", "vanilla"))
+    assert untied.num_parameters() - model.num_parameters() == 2 * (32 * 32 + 32)
