@@ -5,7 +5,7 @@ PIP := $(VENV)/bin/pip
 export RAY_USAGE_STATS_ENABLED := 0
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install demo test bench bench-check lint clean
+.PHONY: install browser demo test bench bench-check lint clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -21,7 +21,11 @@ demo: install
 	$(VENV)/bin/attnbench run smoke --results results
 	$(VENV)/bin/attnbench report --results results --out reports/smoke.html
 
-test: install
+# Debian's chromium for the report's browser test (driven by playwright; never `playwright install`: no downloads).
+browser:
+	command -v chromium >/dev/null || (apt-get update && apt-get install -y chromium)
+
+test: install browser
 	$(PY) -m pytest -q tests --ignore=tests/bench
 
 bench: install

@@ -25,8 +25,6 @@ def _run(args: argparse.Namespace, console: Console) -> int:
     for folder in args.plugins:
         attentions.load_plugin_dir(folder)
     grid, trials = load_trials(args.grid)
-    if any(t.resources["workers"] > 1 for t in trials):
-        raise ValueError(f"{args.grid}: resources.workers: multi-worker trials are not supported yet (use 1)")
     console.print(f"grid [bold]{grid.name}[/bold]: {len(trials)} trials -> {args.results}")
     summary = run_grid(
         trials,

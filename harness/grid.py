@@ -200,7 +200,7 @@ def _check_names(path: Path, grid: Grid) -> None:
 def _sweep(params: dict[str, Any]) -> list[dict[str, Any]]:
     keys = sorted(params)
     values = [params[k] if isinstance(params[k], list) else [params[k]] for k in keys]
-    return [dict(zip(keys, combo)) for combo in itertools.product(*values)]
+    return [dict(zip(keys, combo, strict=True)) for combo in itertools.product(*values)]
 
 
 def expand(grid: Grid, path: str | Path = "<grid>") -> list[Trial]:
@@ -242,8 +242,12 @@ def _check_cell(path, spec: tasks.TaskSpec, model: dict[str, Any], name: str, pa
     for causal in modes:
         try:
             attentions.build(
-                name, heads=model["heads"], head_dim=model["dim"] // model["heads"], max_len=spec.max_len,
-                causal=causal, **params,
+                name,
+                heads=model["heads"],
+                head_dim=model["dim"] // model["heads"],
+                max_len=spec.max_len,
+                causal=causal,
+                **params,
             )
         except ValueError as exc:
             raise GridError(f"{path}: attentions.{name} {params or ''} on task {spec.kind}: {exc}") from None

@@ -52,8 +52,10 @@ def evaluate(model, task: Task, batch_size: int, device: torch.device) -> list[t
                     sequences += targets.shape[0]
                 elif spec.kind == "seq2seq":
                     decoded = model.generate(batch["src"], batch["src_mask"], batch["tgt"].shape[1])
-                    for pred, tgt, tmask in zip(decoded.tolist(), batch["tgt"].tolist(), batch["tgt_mask"].tolist()):
-                        target = [t for t, keep in zip(tgt, tmask) if keep]
+                    for pred, tgt, tmask in zip(
+                        decoded.tolist(), batch["tgt"].tolist(), batch["tgt_mask"].tolist(), strict=True
+                    ):
+                        target = [t for t, keep in zip(tgt, tmask, strict=True) if keep]
                         prediction = pred[: len(target)]
                         correct += prediction == target
                         edit_sum += normalized_edit_distance(prediction, target)

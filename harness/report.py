@@ -1,91 +1,183 @@
-"""Render the results store as one self-contained HTML page (reads only the store; Jinja2 lives here only).
+"""Render the results store as one self-contained HTML page beside the paper (reads only the store).
 
-One section per task: attentions as rows (named as the paper writes them, ``Sinkhorn (32)``), one column per
-(split, metric), each cell the mean over seeds with a 95% t-interval and the number of seeds. Failed trials are
-counted and listed with their errors, never dropped.
+Sections follow ``harness/data/paper_results.yaml`` (Tables 1, 2, 4-8, Figures 3 and 4, ListOps, the speed and memory
+sweep) and appear only when the store holds trials for them; a task no section names gets a table of its own, so
+nothing stored is left out. Failed trials are counted in their row and listed at the end, and every trial's config is
+in the page, linked from the cells it feeds. Jinja2 lives here only (autoescaped: every stored string is text).
 """
 
 from __future__ import annotations
 
 import json
-import math
+import re
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 from jinja2 import Environment, PackageLoader, select_autoescape
-from scipy import stats
 
+from harness import figures
+from harness.labels import LM_TASKS, SPEED_TASK, context_captions, last_line, trial_info
+from harness.paper import Section, load_sections
 from harness.store import ResultStore
-
-PRETTY = {
-    "vanilla": "Transformer",
-    "local": "Local Attention",
-    "sparse": "Sparse Transformer",
-    "sinkhorn": "Sinkhorn",
-    "sortcut": "SortCut Sinkhorn",
-    "sinkhorn_mixture": "Sinkhorn Mixture",
-    "sinkformer": "Sinkformer",
-    "routing": "Routing Transformer",
-    "sbm": "SBM-Transformer",
-}
-LOWER_IS_BETTER = {"loss", "edit_distance", "perplexity", "bpc", "bpd"}
+from harness.tables import build_table
 
 
-def attention_label(attention: str, params: dict) -> str:
-    """``sinkhorn`` with block_size 32 -> ``Sinkhorn (32)``; other parameters follow in brackets."""
-    name = PRETTY.get(attention, attention)
-    if "block_size" in params:
-        name += f" ({params['block_size']})"
-    rest = ", ".join(f"{k}={v}" for k, v in sorted(params.items()) if k != "block_size")
-    return f"{name} [{rest}]" if rest else name
+def slug(text: Any) -> str:
+    """An id/anchor safe in HTML and URLs whatever the stored name is."""
+    return re.sub(r"[^a-z0-9_]+", "-", str(text).lower()).strip("-") or "x"
 
 
-def mean_ci(values: pd.Series) -> tuple[float, float, int]:
-    """Mean, half-width of the 95% t-interval (nan for a single seed), and the count."""
-    n = int(values.count())
-    mean = float(values.mean())
-    if n < 2:
-        return mean, math.nan, n
-    half = float(stats.t.ppf(0.975, n - 1) * values.std(ddof=1) / math.sqrt(n))
-    return mean, half, n
-
-
-def task_tables(frame: pd.DataFrame) -> list[dict]:
-    """One table per task, rows = attention labels, columns = split/metric."""
-    ok = frame[frame["status"] == "ok"].copy()
-    ok["label"] = [attention_label(a, json.loads(p)) for a, p in zip(ok["attention"], ok["params"])]
+def _table_section(section: Section, trials: pd.DataFrame, values: pd.DataFrame, ablation: bool) -> dict:
+    captions = context_captions(sorted(trials["context"].unique()))
     tables = []
-    for task, rows in ok.groupby("task", sort=True):
-        columns = sorted({(s, m) for s, m in zip(rows["split"], rows["metric"]) if s != "train"})
-        body = []
-        for label, group in rows.groupby("label", sort=True):
-            cells = []
-            for split, metric in columns:
-                values = group.loc[(group["split"] == split) & (group["metric"] == metric), "value"]
-                cells.append(dict(zip(("mean", "ci", "n"), mean_ci(values))) if len(values) else None)
-            memory = group.groupby("trial_id")["peak_memory_bytes"].first().mean()
-            speed = group.groupby("trial_id")["tokens_per_second"].first().mean()
-            body.append({"label": label, "cells": cells, "memory_mb": memory / 2**20, "tokens_per_second": speed})
-        for index, (_, metric) in enumerate(columns):
-            scored = [row["cells"][index]["mean"] for row in body if row["cells"][index]]
-            if scored:
-                best = min(scored) if metric in LOWER_IS_BETTER else max(scored)
-                for row in body:
-                    cell = row["cells"][index]
-                    if cell:
-                        cell["best"] = cell["mean"] == best
-        tables.append({"task": task, "columns": [f"{s} {m}" for s, m in columns], "rows": body})
-    return tables
+    for context, caption in captions.items():
+        in_context = trials[trials["context"] == context]
+        table = build_table(section, in_context, values, ablation=ablation)
+        table["caption"] = caption
+        tables.append(table)
+    failed = int((trials["status"] == "failed").sum())
+    return {
+        "kind": "table",
+        "id": slug(section.id),
+        "title": section.title,
+        "caption": section.caption,
+        "tables": tables,
+        "trials": len(trials),
+        "failed": failed,
+    }
 
 
-def render(frame: pd.DataFrame, title: str = "attnbench report") -> str:
+def _ablation_trials(trials: pd.DataFrame, tasks: tuple[str, ...]) -> pd.DataFrame:
+    """Table 8's trials: sinkhorn on the LM tasks that are ablations (rows 1-3, 5, 6), and the plain linear SortNet
+    (row 4) at the same other settings as some ablation, so temperature and iteration sweeps stay in their figures."""
+    picked = trials[trials["task"].isin(tasks or LM_TASKS) & (trials["attention"] == "sinkhorn")]
+    ablated = picked["attrs"].map(lambda a: not a["plain"])
+    if not ablated.any():
+        return picked.iloc[0:0]
+
+    def others(params: dict) -> str:
+        kept = {k: v for k, v in params.items() if k != "sortnet" and not (k == "iterations" and v == 0)}
+        return json.dumps(kept, sort_keys=True, default=str)
+
+    settings = {(t, others(p)) for t, p in zip(picked.loc[ablated, "task"], picked.loc[ablated, "params"], strict=True)}
+    baseline = [(t, others(p)) in settings for t, p in zip(picked["task"], picked["params"], strict=True)]
+    return picked[ablated | pd.Series(baseline, index=picked.index)]
+
+
+def build_sections(
+    frame: pd.DataFrame, sections: tuple[Section, ...] | None = None, trials: pd.DataFrame | None = None
+) -> list[dict]:
+    """Every section the store has data for, in the paper's order, then tasks no section names."""
+    sections = load_sections() if sections is None else sections
+    trials = trial_info(frame) if trials is None else trials
+    values = frame.loc[frame["status"] == "ok", ["trial_id", "split", "metric", "value"]].dropna(subset=["metric"])
+    values = values.merge(trials[["trial_id", "seed"]], on="trial_id")
+    everything = trials[trials["task"] != SPEED_TASK]
+    run = everything  # what the plain tables show: ablated variants are Table 8's rows, not rows of Tables 2 and 4
+    for ablation in (s for s in sections if s.kind == "ablation"):
+        shown = _ablation_trials(everything, ablation.tasks)
+        run = run[~run["trial_id"].isin(shown.loc[shown["attrs"].map(lambda a: not a["plain"]), "trial_id"])]
+    out = []
+    covered = {SPEED_TASK}
+    for section in sections:
+        if section.kind == "table":
+            covered.update(section.tasks)
+            picked = run[run["task"].isin(section.tasks)]
+            if len(picked):
+                out.append(_table_section(section, picked, values, ablation=False))
+        elif section.kind == "ablation":
+            picked = _ablation_trials(everything, section.tasks)
+            if len(picked):
+                out.append(_table_section(section, picked, values, ablation=True))
+        elif section.kind == "sweep":
+            figure = figures.sweep_figure(section.param or "", everything, values)
+            if figure is not None:
+                swept = everything[everything["params"].map(lambda p, k=section.param: k in p)]
+                failed = swept[swept["status"] == "failed"]
+                out.append(
+                    {
+                        "kind": "sweep",
+                        "id": slug(section.id),
+                        "title": section.title,
+                        "caption": section.caption,
+                        "figure": figure,
+                        "param": section.param,
+                        "failed": _failed_records(failed),
+                    }
+                )
+        elif section.kind == "speed":
+            figure = figures.speed_figure(frame)
+            bench = trials[trials["task"] == SPEED_TASK]
+            if figure is not None or len(bench):
+                out.append(
+                    {
+                        "kind": "speed",
+                        "id": slug(section.id),
+                        "title": section.title,
+                        "caption": section.caption,
+                        "figure": figure,
+                        "failed": _failed_records(bench[bench["status"] == "failed"]),
+                    }
+                )
+    for task in sorted(set(everything["task"]) - covered):
+        own = Section(
+            id=f"task-{task}",
+            kind="table",
+            title=f"Task {task} (not in the paper)",
+            caption="A task no paper table covers.",
+            tasks=(task,),
+        )
+        out.append(_table_section(own, run[run["task"] == task], values, ablation=False))
+    return out
+
+
+def _failed_records(trials: pd.DataFrame) -> list[dict]:
+    return [
+        {"id": r.trial_id, "label": r.label, "seed": r.seed, "error": last_line(r.error)} for r in trials.itertuples()
+    ]
+
+
+def _appendix(trials: pd.DataFrame) -> list[dict]:
+    """Every trial once, with its full config: the target of every cell's links."""
+    return [
+        {
+            "id": r.trial_id,
+            "anchor": "trial-" + slug(r.trial_id),
+            "status": r.status,
+            "grid": r.grid,
+            "task": r.task,
+            "label": r.label,
+            "seed": r.seed,
+            "error": r.error,
+            "finished": "" if pd.isna(r.finished_at) else str(r.finished_at)[:19],
+            "config": json.dumps(r.config, indent=2, sort_keys=True, default=str),
+        }
+        for r in trials.sort_values(["task", "grid", "label", "seed", "trial_id"]).itertuples()
+    ]
+
+
+def _environment() -> Environment:
     env = Environment(loader=PackageLoader("harness", "templates"), autoescape=select_autoescape(["html"]))
-    failed = frame[frame["status"] == "failed"][["trial_id", "grid", "task", "attention", "params", "error"]]
-    return env.get_template("report.html").render(
-        title=title,
-        tables=task_tables(frame),
-        failed=failed.to_dict("records"),
-        trials=frame["trial_id"].nunique(),
+    env.filters["slug"] = slug
+    return env
+
+
+def render(frame: pd.DataFrame, title: str = "attnbench report", sections: tuple[Section, ...] | None = None) -> str:
+    """The whole page as a string: sections, failed trials, the trial appendix."""
+    failed = frame[frame["status"] == "failed"].drop_duplicates("trial_id")
+    trials = trial_info(frame)
+    built = build_sections(frame, sections, trials)
+    return (
+        _environment()
+        .get_template("report.html")
+        .render(
+            title=title,
+            sections=built,
+            failed=failed[["trial_id", "grid", "task", "attention", "params", "error"]].to_dict("records"),
+            trials=_appendix(trials),
+            counts={"trials": frame["trial_id"].nunique(), "failed": len(failed)},
+        )
     )
 
 
@@ -96,5 +188,5 @@ def write_report(results: str | Path, out: str | Path) -> Path:
         raise ValueError(f"{results}: the results store is empty or missing (run a grid first)")
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(render(frame))
+    out.write_text(render(frame), encoding="utf-8")
     return out

@@ -28,6 +28,11 @@ from harness.grid import Trial
 from harness.store import ResultStore, rows_for_trial
 
 LOCAL_HOST = "127.0.0.1"
+# Ray reads these once, when it is imported; the CLI imports this module first. Usage stats off; token
+# authentication on (a client must ask for it to send the token in ~/.ray/auth_token to a cluster).
+os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+os.environ.setdefault("RAY_AUTH_MODE", "token")
+SINGLE_MACHINE_FLAG = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
 
 @dataclass
@@ -69,14 +74,18 @@ def git_sha() -> str | None:
 def execute_trial(config: dict[str, Any], plugin_dirs: list[str]) -> dict[str, Any]:
     """Body of the Ray task: run one trial, turning any exception into a failed result (never raises)."""
     import attentions
+    from harness.multiworker import run_multiworker
     from harness.trainer import run_trial
 
     started = _now()
     outcome: dict[str, Any] = {"result": None, "error": None, "versions": versions()}
     try:
-        for folder in plugin_dirs:
-            attentions.load_plugin_dir(folder)
-        outcome["result"] = asdict(run_trial(config))
+        if config["resources"]["workers"] > 1:
+            outcome["result"] = run_multiworker(config, plugin_dirs)
+        else:
+            for folder in plugin_dirs:
+                attentions.load_plugin_dir(folder)
+            outcome["result"] = asdict(run_trial(config))
     except Exception as exc:  # stored with the trial, the grid goes on
         tail = "".join(traceback.format_exception(exc)[-3:]).strip()
         outcome["error"] = f"{type(exc).__name__}: {exc}\n{tail}"
@@ -87,16 +96,38 @@ def execute_trial(config: dict[str, Any], plugin_dirs: list[str]) -> dict[str, A
 def connect(address: str | None) -> bool:
     """Join the cluster at ``address`` (or ``RAY_ADDRESS``) or start an embedded one; True if we started it."""
     import ray
+    from ray._private import ray_constants
 
-    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
     if ray.is_initialized():
         return False
     address = address or os.environ.get("RAY_ADDRESS") or None
     if address:
+        os.environ.pop(SINGLE_MACHINE_FLAG, None)
+        ray_constants.ENABLE_RAY_CLUSTER = True
         ray.init(address=address, log_to_driver=False)
         return False
-    ray.init(include_dashboard=False, _node_ip_address=LOCAL_HOST, log_to_driver=False, configure_logging=False)
+    # Ray maps a loopback node address to the machine's routable IP and listens on every interface unless it runs
+    # in single-machine mode. Selecting that mode makes the embedded head and its workers bind 127.0.0.1 only: the
+    # variable reaches Ray's processes, the constant this process (Ray may have been imported already).
+    os.environ[SINGLE_MACHINE_FLAG] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    # address="local": always a new instance, never a stale cluster that `ray start` left in /tmp/ray.
+    ray.init(
+        address="local",
+        include_dashboard=False,
+        _node_ip_address=LOCAL_HOST,
+        log_to_driver=False,
+        configure_logging=False,
+    )
     return True
+
+
+def _task_options(resources: dict[str, Any]) -> dict[str, Any]:
+    """Ray options of a trial's task. A multi-worker trial's task only coordinates: its Ray Train workers hold the
+    CPUs and GPUs, so it asks for none (asking would deadlock a machine with exactly workers * cpus cores)."""
+    if resources["workers"] > 1:
+        return {"num_cpus": 0, "num_gpus": 0, "max_retries": resources["max_retries"]}
+    return {"num_cpus": resources["cpus"], "num_gpus": resources["gpus"], "max_retries": resources["max_retries"]}
 
 
 def _rows(trial: Trial, outcome: dict[str, Any], sha: str | None) -> list[dict[str, Any]]:
@@ -168,9 +199,7 @@ def run_grid(
             while queue or in_flight:
                 while queue and len(in_flight) < cap:
                     trial = queue.pop(0)
-                    res = trial.resources
-                    options = {"num_cpus": res["cpus"], "num_gpus": res["gpus"], "max_retries": res["max_retries"]}
-                    in_flight[remote.options(**options).remote(trial.config(), dirs)] = trial
+                    in_flight[remote.options(**_task_options(trial.resources)).remote(trial.config(), dirs)] = trial
                 ready, _ = ray.wait(list(in_flight), num_returns=1)
                 for ref in ready:
                     trial = in_flight.pop(ref)

@@ -186,4 +186,3 @@ def plugin_metrics(model: torch.nn.Module) -> dict[str, float]:
             for name, value in module.trial_metrics().items():
                 collected.setdefault(name, []).append(float(value))
     return {name: sum(values) / len(values) for name, values in collected.items()}
-

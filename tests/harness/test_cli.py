@@ -6,8 +6,8 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import textwrap
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -123,6 +123,8 @@ def test_driver_killed_with_sigkill_resumes_with_every_trial_exactly_once(tmp_pa
     assert f"{len(stored_before)} of 4 trials already stored" in rerun.stderr
     frame = pd.read_parquet(results)
     assert frame["trial_id"].nunique() == 4 and (frame["status"] == "ok").all()
-    per_trial = frame.groupby("trial_id").apply(lambda g: g[["split", "metric"]].duplicated().sum(), include_groups=False)
+    per_trial = frame.groupby("trial_id").apply(
+        lambda g: g[["split", "metric"]].duplicated().sum(), include_groups=False
+    )
     assert (per_trial == 0).all()  # no (split, metric) row twice within any trial
     assert {p.name for p in results.glob("part-*.parquet")} >= stored_before

@@ -67,11 +67,26 @@ def test_shipped_smoke_grid_loads():
     [
         ("name: g\ntasks: [sort\n", "invalid YAML"),
         (BASE + "colour: red\n", "colour: Extra inputs are not permitted"),
-        (BASE.replace("vanilla: {}", "vanila: {}"), "attentions.vanila: unknown attention 'vanila'; did you mean 'vanilla'"),
-        (BASE.replace("stride: [1, 2]", "strid: 1"), "attentions.sparse: attention 'sparse' has no parameter 'strid'; did you mean 'stride'"),
-        (BASE.replace("block_size: [2, 4]", "block_size: [2, '4']"), "attentions.local.block_size: Input should be a valid integer (got '4')"),
-        (BASE.replace("tasks: [sort]", "tasks: [sorting]"), "tasks.sorting: unknown task 'sorting'; did you mean 'sort'"),
-        (BASE.replace("tasks: [sort]", "tasks: [{sort: {lenght: 4}}]"), "tasks.sort: task 'sort' has no parameter 'lenght'"),
+        (
+            BASE.replace("vanilla: {}", "vanila: {}"),
+            "attentions.vanila: unknown attention 'vanila'; did you mean 'vanilla'",
+        ),
+        (
+            BASE.replace("stride: [1, 2]", "strid: 1"),
+            "attentions.sparse: attention 'sparse' has no parameter 'strid'; did you mean 'stride'",
+        ),
+        (
+            BASE.replace("block_size: [2, 4]", "block_size: [2, '4']"),
+            "attentions.local.block_size: Input should be a valid integer (got '4')",
+        ),
+        (
+            BASE.replace("tasks: [sort]", "tasks: [sorting]"),
+            "tasks.sorting: unknown task 'sorting'; did you mean 'sort'",
+        ),
+        (
+            BASE.replace("tasks: [sort]", "tasks: [{sort: {lenght: 4}}]"),
+            "tasks.sort: task 'sort' has no parameter 'lenght'",
+        ),
         (BASE.replace("steps: 5", "steps: many"), "train.steps: Input should be a valid integer"),
         (BASE.replace("scale: smoke", "scale: huge"), "scale: Input should be 'smoke', 'small' or 'paper'"),
         (BASE.replace("stride: [1, 2]", "stride: 9"), "stride must be an int in [1, block_size=4]"),

@@ -9,8 +9,19 @@ from harness.model import ModelConfig, Transformer
 
 def config(kind: str, attention: str = "vanilla", **kw) -> ModelConfig:
     params = {"block_size": 4} if attention in ("local", "sparse") else {}
-    return ModelConfig(kind=kind, vocab_size=12, max_len=32, attention=attention, attention_params=params,
-                       num_classes=3 if kind == "classify" else 0, layers=2, dim=32, heads=4, mlp_dim=64, **kw)
+    return ModelConfig(
+        kind=kind,
+        vocab_size=12,
+        max_len=32,
+        attention=attention,
+        attention_params=params,
+        num_classes=3 if kind == "classify" else 0,
+        layers=2,
+        dim=32,
+        heads=4,
+        mlp_dim=64,
+        **kw,
+    )
 
 
 def test_parameter_free_plugins_get_identical_surroundings():

@@ -15,11 +15,21 @@ from harness.trainer import deepspeed_config, run_trial
 
 def trial(attention: str, params: dict, steps: int = 40, **train) -> dict:
     spec = tasks.build("sort", scale="smoke").spec
-    base = dict(steps=steps, batch_size=16, lr=2e-3, warmup=0, weight_decay=0.0, grad_clip=1.0, eval_batch_size=64,
-                deepspeed={})
-    return Trial(grid="t", task="sort", task_params={"train_size": 512, "test_size": 32}, scale="smoke", seed=0,
-                 attention=attention, params=params, model=dataclasses.asdict(spec.model), train=base | train,
-                 resources=dict(cpus=1, gpus=0, workers=1, max_retries=0)).config()
+    base = dict(
+        steps=steps, batch_size=16, lr=2e-3, warmup=0, weight_decay=0.0, grad_clip=1.0, eval_batch_size=64, deepspeed={}
+    )
+    return Trial(
+        grid="t",
+        task="sort",
+        task_params={"train_size": 512, "test_size": 32},
+        scale="smoke",
+        seed=0,
+        attention=attention,
+        params=params,
+        model=dataclasses.asdict(spec.model),
+        train=base | train,
+        resources=dict(cpus=1, gpus=0, workers=1, max_retries=0),
+    ).config()
 
 
 def test_trial_trains_and_reports_everything():
@@ -38,9 +48,11 @@ def test_same_seed_same_result():
 
 
 def test_grid_deepspeed_section_wins():
-    cfg = deepspeed_config({"batch_size": 8, "grad_clip": 1.0, "deepspeed": {"gradient_clipping": 0.5,
-                                                                           "zero_optimization": {"stage": 2}}},
-                           world_size=2, bf16=False)
+    cfg = deepspeed_config(
+        {"batch_size": 8, "grad_clip": 1.0, "deepspeed": {"gradient_clipping": 0.5, "zero_optimization": {"stage": 2}}},
+        world_size=2,
+        bf16=False,
+    )
     assert cfg["gradient_clipping"] == 0.5 and cfg["zero_optimization"] == {"stage": 2}
     assert cfg["train_micro_batch_size_per_gpu"] == 4 and cfg["bf16"] == {"enabled": False}
     with pytest.raises(ValueError, match="not divisible"):

@@ -1,0 +1,90 @@
+"""Sinkhorn block attention (sort K and V, then "sorted block + own block" attention) with a hand-written backward.
+
+Query block i attends, in one softmax, to sorted block i (row i of the sort matrix applied to the key and value blocks)
+and to its own block. Written with autograd operators this joins two (b x b) score blocks, splits the weights again and
+adds up gradient contributions in extra passes, which on CPU costs about as much as the matrix products themselves.
+Here the forward keeps only the weights, the output and the sorted blocks; the backward uses
+dS = P * (dP - rowsum(dO * O)) and accumulates every gradient in place (``baddbmm_``): ten batched matrix products and
+a few in-place passes. ``reference`` is the same computation in plain autograd operators (the test oracle).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.autograd.function import once_differentiable
+
+
+def reference(q, kb, vb, sort, sorted_ok=None, local_ok=None) -> torch.Tensor:
+    """q, kb, vb: (B, H, n, b, D); sort: (B, H, n, n); masks broadcast to (B, H, n, b, b), True = visible."""
+    batch, heads, n, block, dim = kb.shape
+    ks, vs = (
+        torch.matmul(sort.to(t.dtype), t.reshape(batch, heads, n, block * dim)).view_as(t) for t in (kb, vb)
+    )  # (B, H, n, b, D): sorted block i = sum_j sort[i, j] * block j
+    floor = torch.finfo(q.dtype).min
+    q = q * dim**-0.5
+    s1, s2 = torch.matmul(q, ks.transpose(-1, -2)), torch.matmul(q, kb.transpose(-1, -2))
+    if sorted_ok is not None:
+        s1 = s1.masked_fill(~sorted_ok, floor)
+    if local_ok is not None:
+        s2 = s2.masked_fill(~local_ok, floor)
+    p1, p2 = torch.softmax(torch.cat([s1, s2], dim=-1), dim=-1).split(block, dim=-1)
+    return torch.matmul(p1, vs) + torch.matmul(p2, vb)
+
+
+class _SinkhornBlockAttention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, kb, vb, sort, sorted_ok, local_ok):
+        shape = q.shape  # (B, H, n, b, D)
+        batch, heads, n, block, dim = shape
+        scale = dim**-0.5
+        rows = (batch * heads, n, block * dim)  # one row per block: sorting is a (n x n) @ (n x b*D) product
+        flat = (-1, block, dim)  # one matrix per block: attention is a batch of (b x D) products
+        # The 1/sqrt(D) of the scores rides on the small sort matrix (sorted keys) and on the matrix product's
+        # alpha (own block), so no pass over q or the scores is spent on it.
+        sort = sort.to(q.dtype).reshape(batch * heads, n, n)
+        kb, vb, q = kb.reshape(rows), vb.reshape(rows), q.reshape(flat)
+        ks = torch.bmm(sort * scale, kb)  # scaled sorted keys
+        vs = torch.bmm(sort, vb)
+        s1 = torch.bmm(q, ks.view(flat).transpose(1, 2))  # (N, b, b), N = B * H * n
+        s2 = torch.empty_like(s1)  # (matrix products into a strided half of one buffer fall back to a slow loop)
+        torch.baddbmm(s2, q, kb.view(flat).transpose(1, 2), beta=0, alpha=scale, out=s2)
+        floor = torch.finfo(q.dtype).min  # finite: a row with nothing visible comes out uniform, not NaN
+        for scores, mask in ((s1, sorted_ok), (s2, local_ok)):
+            if mask is not None:
+                scores.view(*shape[:-1], block).masked_fill_(~mask, floor)
+        p = torch.softmax(torch.cat([s1, s2], dim=-1), dim=-1)  # (N, b, 2b)
+        out = torch.bmm(p[..., :block], vs.view(flat)).baddbmm_(p[..., block:], vb.view(flat))  # strided halves
+        ctx.save_for_backward(q, kb, vb, sort, ks, vs, p, out)
+        ctx.masks, ctx.shape = (sorted_ok, local_ok), shape
+        return out.view(shape)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, d_out):
+        q, kb, vb, sort, ks, vs, p, out = ctx.saved_tensors
+        shape = ctx.shape
+        block, dim = shape[-2], shape[-1]
+        scale = dim**-0.5
+        flat = (-1, block, dim)
+        d_out = d_out.reshape(out.shape)
+        p1, p2 = p[..., :block], p[..., block:]
+        delta = (d_out * out).sum(dim=-1, keepdim=True)  # rowsum(P * dP) from D columns, not 2b
+        ds1 = torch.bmm(d_out, vs.view(flat).transpose(1, 2)).sub_(delta).mul_(p1)  # (N, b, b) score gradients
+        ds2 = torch.bmm(d_out, vb.view(flat).transpose(1, 2)).sub_(delta).mul_(p2)
+        # Masked scores were constants; zero them so a fully masked row (uniform weights) sends no gradient.
+        for ds, mask in zip((ds1, ds2), ctx.masks, strict=True):
+            if mask is not None:
+                ds.view(*shape[:-1], block).masked_fill_(~mask, 0)
+        d_q = torch.bmm(ds1, ks.view(flat)).baddbmm_(ds2, kb.view(flat), alpha=scale)  # ks already carries scale
+        d_ks = torch.bmm(ds1.transpose(1, 2), q).view(ks.shape)  # w.r.t. the scaled sorted keys, (B*H, n, b*D)
+        d_vs = torch.bmm(p1.transpose(1, 2), d_out).view(vs.shape)
+        d_sort = torch.bmm(d_vs, vb.transpose(1, 2)).baddbmm_(d_ks, kb.transpose(1, 2), alpha=scale)  # (B*H, n, n)
+        sort_t = sort.transpose(1, 2)
+        d_kb = torch.bmm(ds2.transpose(1, 2), q).view(kb.shape).baddbmm_(sort_t, d_ks, beta=scale, alpha=scale)
+        d_vb = torch.bmm(p2.transpose(1, 2), d_out).view(vb.shape).baddbmm_(sort_t, d_vs)
+        return d_q.view(shape), d_kb.view(shape), d_vb.view(shape), d_sort.view(*shape[:3], -1), None, None
+
+
+def sinkhorn_block_attention(q, kb, vb, sort, sorted_ok=None, local_ok=None) -> torch.Tensor:
+    """Same result and gradients as ``reference``; masks broadcast to (B, H, n, b, b) and are never materialized."""
+    return _SinkhornBlockAttention.apply(q, kb, vb, sort, sorted_ok, local_ok)

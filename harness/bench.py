@@ -1,0 +1,197 @@
+"""Speed and memory sweep of attention plugins: forward + backward of the attention alone, one row per measurement.
+
+Every plugin runs on the same random q, k, v of shape (batch, heads, length, head_dim) in training mode (the state in
+which its cost matters: Gumbel noise, saved activations). Three figures per (attention, length, dtype, device):
+
+* ``seconds``: median wall time of a few forward+backward repeats after one warm-up;
+* ``peak_memory_bytes``: ``harness.memory.measure_peak`` of one forward+backward (measured in a separate run, because
+  the CPU tracker slows the work it watches);
+* ``saved_bytes``: bytes of the distinct tensor storages autograd saves for backward, the activation memory a model
+  keeps per layer between its forward and backward (``torch.autograd.graph.saved_tensors_hooks``).
+
+Peers (code outside the registry, e.g. a public implementation) join with ``extra={"name": factory}`` where
+``factory(length)`` returns a module taking (q, k, v). ``fit_exponent`` gives the growth order of a column in length.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+import attentions
+from harness.memory import measure_peak
+
+ModuleFactory = Callable[[int], nn.Module]
+
+
+def default_configs() -> list[tuple[torch.device, torch.dtype]]:
+    """float32 on CPU always; bf16 on CUDA when there is a GPU (the dtype models train in there)."""
+    configs = [(torch.device("cpu"), torch.float32)]
+    if torch.cuda.is_available():
+        configs.append((torch.device("cuda"), torch.bfloat16))
+    return configs
+
+
+def build_plugin(
+    name: str, length: int, *, heads: int = 4, head_dim: int = 64, block_size: int = 64, causal: bool = False
+) -> nn.Module:
+    """The plugin at the benchmark's configuration: ``block_size`` goes only to plugins that take one."""
+    params = {"block_size": block_size} if "block_size" in attentions.parameters(name) else {}
+    return attentions.build(name, heads=heads, head_dim=head_dim, max_len=length, causal=causal, **params)
+
+
+def make_inputs(
+    length: int, *, batch: int, heads: int, head_dim: int, device: torch.device, dtype: torch.dtype, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return tuple(  # type: ignore[return-value]
+        torch.randn(batch, heads, length, head_dim, generator=g).to(device=device, dtype=dtype).requires_grad_()
+        for _ in range(3)
+    )
+
+
+def forward_backward(module: nn.Module, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+    """One training step of the attention alone, driven by a fixed upstream gradient (so no loss arithmetic is timed
+    with it); gradients are cleared first so repeats do not accumulate."""
+    for t in (q, k, v, *module.parameters()):
+        t.grad = None
+    out = module(q, k, v)
+    out.backward(_upstream(out))
+
+
+_UPSTREAM: dict[tuple, torch.Tensor] = {}
+
+
+def _upstream(out: torch.Tensor) -> torch.Tensor:
+    """A fixed random gradient per output shape/dtype/device, made once (not timed after the warm-up)."""
+    key = (tuple(out.shape), out.dtype, out.device)
+    if key not in _UPSTREAM:
+        _UPSTREAM.clear()  # one shape at a time is all a sweep needs; do not hoard memory across lengths
+        g = torch.Generator().manual_seed(1)
+        _UPSTREAM[key] = torch.randn(out.shape, generator=g).to(device=out.device, dtype=out.dtype)
+    return _UPSTREAM[key]
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_forward_backward(module: nn.Module, q, k, v, repeats: int = 3) -> float:
+    """Median seconds of ``repeats`` forward+backward passes after one warm-up pass."""
+    forward_backward(module, q, k, v)
+    times = []
+    for _ in range(repeats):
+        _sync(q.device)
+        start = time.perf_counter()
+        forward_backward(module, q, k, v)
+        _sync(q.device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def saved_bytes(module: nn.Module, q, k, v) -> int:
+    """Bytes of distinct storages saved for backward by one forward (shared storages and views counted once)."""
+    seen: dict[tuple[int, torch.device], int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        seen[(storage.data_ptr(), t.device)] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = module(q, k, v)
+    del out
+    return sum(seen.values())
+
+
+def measure(
+    name: str,
+    module: nn.Module,
+    length: int,
+    *,
+    batch: int = 1,
+    heads: int = 4,
+    head_dim: int = 64,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    repeats: int = 3,
+) -> dict[str, Any]:
+    """One row of the sweep for an already built ``module``."""
+    device = torch.device(device)
+    module = module.to(device).train()
+    q, k, v = make_inputs(length, batch=batch, heads=heads, head_dim=head_dim, device=device, dtype=dtype)
+    seconds = time_forward_backward(module, q, k, v, repeats)
+    _, peak = measure_peak(lambda: forward_backward(module, q, k, v), device)
+    return {
+        "attention": name,
+        "length": length,
+        "dtype": str(dtype).removeprefix("torch."),
+        "device": device.type,
+        "seconds": seconds,
+        "peak_memory_bytes": int(peak),
+        "saved_bytes": saved_bytes(module, q, k, v),
+    }
+
+
+def sweep(
+    names: Sequence[str],
+    lengths: Sequence[int],
+    *,
+    batch: int = 1,
+    heads: int = 4,
+    head_dim: int = 64,
+    block_size: int = 64,
+    causal: bool = False,
+    repeats: int = 3,
+    configs: Sequence[tuple[torch.device | str, torch.dtype]] | None = None,
+    extra: Mapping[str, ModuleFactory] | None = None,
+) -> list[dict[str, Any]]:
+    """Measure every plugin in ``names`` (and every peer in ``extra``) at every length and (device, dtype)."""
+    rows = []
+    builders: dict[str, ModuleFactory] = {
+        name: (
+            lambda length, name=name: build_plugin(
+                name, length, heads=heads, head_dim=head_dim, block_size=block_size, causal=causal
+            )
+        )
+        for name in names
+    }
+    builders.update(extra or {})
+    for device, dtype in configs or default_configs():
+        for length in lengths:
+            for name, factory in builders.items():
+                torch.manual_seed(0)
+                rows.append(
+                    measure(
+                        name,
+                        factory(length),
+                        length,
+                        batch=batch,
+                        heads=heads,
+                        head_dim=head_dim,
+                        device=device,
+                        dtype=dtype,
+                        repeats=repeats,
+                    )
+                )
+    return rows
+
+
+def fit_exponent(lengths: Sequence[float], values: Sequence[float]) -> float:
+    """Least-squares slope of log(value) against log(length): ~1 for linear growth, ~2 for quadratic."""
+    if len(lengths) != len(values) or len(lengths) < 2:
+        raise ValueError("fit_exponent needs at least two (length, value) pairs of equal count")
+    xs = [math.log(x) for x in lengths]
+    ys = [math.log(y) for y in values]
+    mx, my = statistics.fmean(xs), statistics.fmean(ys)
+    sxx = sum((x - mx) ** 2 for x in xs)
+    if sxx == 0:
+        raise ValueError("fit_exponent needs at least two distinct lengths")
+    return sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sxx

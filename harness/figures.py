@@ -1,0 +1,193 @@
+"""The report's figures (seaborn on matplotlib's Agg canvas), embedded in the page as base64 PNG.
+
+Figures 3 and 4 of the paper (a sinkhorn parameter against each headline metric) and the speed and memory sweep of
+``attnbench bench`` (seconds and peak memory against length, log-log). Each figure also returns the points it plots,
+with the trials behind them, so the page can list them. No pyplot: figures never touch global backend state.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import math
+
+import numpy as np
+import pandas as pd
+import seaborn as sns
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from harness.labels import METRIC_LABEL, SPEED_TASK, attention_label, context_captions, fmt, mean_ci, parse_json, scaled
+from harness.tables import headline_values
+
+
+def _text(label: str) -> str:
+    """Plain text for matplotlib: a ``$`` in a plugin's name must not start mathtext (or fail to parse)."""
+    return label.replace("$", r"\$")
+
+
+def _png(figure: Figure) -> str:
+    FigureCanvasAgg(figure)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=96, bbox_inches="tight")
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _grid(panels: int, width: float = 4.8, height: float = 3.4, columns: int = 3) -> tuple[Figure, list]:
+    ncols = min(columns, panels)
+    nrows = math.ceil(panels / ncols)
+    figure = Figure(figsize=(width * ncols, height * nrows), layout="constrained")
+    axes = figure.subplots(nrows, ncols, squeeze=False).ravel().tolist()
+    for extra in axes[panels:]:
+        extra.set_visible(False)
+    return figure, axes[:panels]
+
+
+def sweep_figure(param: str, trials: pd.DataFrame, values: pd.DataFrame) -> dict | None:
+    """Headline metrics against ``param`` for trials that set it explicitly; None when no line has two x values."""
+    chosen = trials[(trials["status"] == "ok") & trials["params"].map(lambda p: param in p)].set_index("trial_id")
+    got = headline_values(values[values["trial_id"].isin(chosen.index)])
+    if got.empty:
+        return None
+    captions = context_captions(sorted(chosen["context"].unique()))
+    multi = len(captions) > 1
+    points = []
+    for (trial_id, split, metric), rows in got.groupby(["trial_id", "split", "metric"]):
+        trial = chosen.loc[trial_id]
+        setting = {k: v for k, v in trial["setting"].items() if k != "task"}
+        others = {k: v for k, v in trial["params"].items() if k != param}
+        line = attention_label(str(trial["attention"]), others, bool(trial["attrs"]["tie_kv"]))
+        if multi:
+            line += f" · {captions[trial['context']]}"
+        points.append(
+            {
+                "facet": " · ".join(
+                    [str(trial["task"]), *map(str, setting.values()), split, METRIC_LABEL.get(metric, metric)]
+                ),
+                "line": line,
+                "x": float(trial["params"][param]),
+                "metric": metric,
+                "seed": trial["seed"],
+                "value": scaled(metric, float(rows["value"].iloc[0])),
+                "trial_id": trial_id,
+            }
+        )
+    frame = pd.DataFrame(points)
+    spread = frame.groupby(["facet", "line"])["x"].nunique()
+    keep = spread[spread >= 2].index
+    frame = frame[pd.Series([k in keep for k in zip(frame["facet"], frame["line"], strict=True)], index=frame.index)]
+    if frame.empty:
+        return None
+    summary = []
+    for (facet, line, x), rows in frame.groupby(["facet", "line", "x"], sort=True):
+        mean, ci, n = mean_ci(rows["value"])
+        metric = rows["metric"].iloc[0]
+        summary.append(
+            {
+                "facet": facet,
+                "line": line,
+                "x": x,
+                "mean": mean,
+                "ci": 0.0 if math.isnan(ci) else ci,
+                "text": fmt(metric, mean),
+                "ci_text": "" if math.isnan(ci) else fmt(metric, ci),
+                "n": n,
+                "trials": [{"id": t, "seed": s} for t, s in zip(rows["trial_id"], rows["seed"], strict=True)],
+            }
+        )
+    table = pd.DataFrame(summary)
+    facets = list(dict.fromkeys(table["facet"]))
+    with sns.axes_style("whitegrid"), sns.plotting_context("notebook", font_scale=0.85):
+        figure, axes = _grid(len(facets))
+        for ax, facet in zip(axes, facets, strict=True):
+            data = table[table["facet"] == facet].assign(line=lambda d: d["line"].map(_text))
+            lines = list(dict.fromkeys(data["line"]))
+            palette = dict(zip(lines, sns.color_palette("colorblind", len(lines)), strict=True))
+            sns.lineplot(data=data, x="x", y="mean", hue="line", palette=palette, marker="o", ax=ax, errorbar=None)
+            for line, part in data.groupby("line"):
+                ax.errorbar(part["x"], part["mean"], yerr=part["ci"], fmt="none", ecolor=palette[line], capsize=3)
+            ax.set_title(_text(facet), fontsize=9)
+            ax.set_xlabel("τ (temperature)" if param == "temperature" else _text(param))
+            ax.set_ylabel("mean over seeds, 95% CI")
+            ax.legend(fontsize=7, title=None)
+        png = _png(figure)
+    return {"png": png, "alt": f"{param} sweep: " + "; ".join(facets), "points": summary}
+
+
+def latest_speed_rows(frame: pd.DataFrame) -> pd.DataFrame:
+    """Speed/memory rows of ``attnbench bench``, keeping the latest run per (attention, length, device, metric)."""
+    rows = frame[(frame["task"] == SPEED_TASK) & (frame["status"] == "ok") & frame["length"].notna()].copy()
+    if rows.empty:
+        return rows.assign(label=pd.Series(dtype=str))
+    rows["label"] = [
+        attention_label(str(a), parse_json(p)) for a, p in zip(rows["attention"], rows["params"], strict=True)
+    ]
+    rows["device"] = rows["device"].fillna("unknown")
+    rows = rows.sort_values("finished_at", kind="stable", na_position="first")
+    return rows.drop_duplicates(["label", "length", "device", "metric"], keep="last")
+
+
+def speed_figure(frame: pd.DataFrame) -> dict | None:
+    """Seconds, peak memory and saved-for-backward bytes against length, log-log, one line per attention."""
+    rows = latest_speed_rows(frame)
+    if rows.empty:
+        return None
+    keys = ["label", "device", "length"]
+    seconds = rows[rows["metric"] == "seconds"].set_index(keys)["value"].rename("seconds")
+    saved = rows[rows["metric"] == "saved_bytes"].set_index(keys)["value"].rename("saved")
+    peak = rows.sort_values("finished_at", kind="stable").groupby(keys)["peak_memory_bytes"].last().rename("peak")
+    trial = rows.groupby(keys)["trial_id"].last().rename("trial_id")
+    data = pd.concat([seconds, peak, saved, trial], axis=1).reset_index().sort_values(keys)
+    quantities = [
+        (c, t)
+        for c, t in (("seconds", "time (s)"), ("peak", "peak memory (MiB)"), ("saved", "saved for backward (MiB)"))
+        if data[c].notna().any()
+    ]
+    devices = sorted(data["device"].unique())
+    lines = list(dict.fromkeys(data["label"]))
+    palette = dict(zip(map(_text, lines), sns.color_palette("colorblind", len(lines)), strict=True))
+    slopes = []
+    with sns.axes_style("whitegrid"), sns.plotting_context("notebook", font_scale=0.85):
+        figure, axes = _grid(len(devices) * len(quantities), columns=len(quantities))
+        for index, (device, (column, title)) in enumerate((d, q) for d in devices for q in quantities):
+            ax = axes[index]
+            part = data[(data["device"] == device) & data[column].notna()].copy()
+            part["y"] = part[column] / (1 if column == "seconds" else 2**20)
+            part["line"] = part["label"].map(_text)
+            if not part.empty:
+                sns.lineplot(
+                    data=part, x="length", y="y", hue="line", palette=palette, marker="o", ax=ax, errorbar=None
+                )
+                ax.set_xscale("log", base=2)
+                ax.set_yscale("log")
+                ax.legend(fontsize=7, title=None)
+            ax.set_title(f"{_text(device)}: {title}", fontsize=9)
+            ax.set_xlabel("sequence length")
+            ax.set_ylabel(title)
+        png = _png(figure)
+    for (label, device), part in data.groupby(["label", "device"], sort=False):
+        slope = {"label": label, "device": device}
+        for column, _ in quantities:
+            valid = part[part[column].notna() & (part[column] > 0)]
+            fit = np.polyfit(np.log(valid["length"]), np.log(valid[column]), 1)[0] if len(valid) >= 2 else None
+            slope[column] = "–" if fit is None else f"{fit:.2f}"
+        slopes.append(slope)
+    points = [
+        {
+            "label": r.label,
+            "device": r.device,
+            "length": int(r.length),
+            "trial_id": r.trial_id,
+            "seconds": "–" if pd.isna(r.seconds) else f"{r.seconds:.4g}",
+            "peak": "–" if pd.isna(r.peak) else f"{r.peak / 2**20:.4g}",
+            "saved": "–" if pd.isna(r.saved) else f"{r.saved / 2**20:.4g}",
+        }
+        for r in data.itertuples()
+    ]
+    return {
+        "png": png,
+        "alt": "speed and memory against length: " + ", ".join(lines),
+        "slopes": slopes,
+        "quantities": quantities,
+        "points": points,
+    }

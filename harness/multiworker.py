@@ -1,0 +1,57 @@
+"""Multi-worker trials: one trial on ``workers`` processes through a Ray Train ``TorchTrainer``.
+
+Ray Train starts the workers and their torch.distributed group (gloo on CPU, nccl on GPU); each worker then runs the
+same ``run_trial`` as a one-process trial, so DeepSpeed (ZeRO stage from the grid) sees a world of ``workers`` ranks
+and each rank trains on its slice of the same global batch. Rank 0 sends its result back through a Ray queue:
+``Result.metrics`` is empty when no checkpoint is reported, so it is not used as the channel.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import asdict
+from typing import Any
+
+
+def _train_loop(loop_config: dict[str, Any]) -> None:
+    import torch.distributed as dist
+
+    import attentions
+    from harness.trainer import run_trial
+
+    for folder in loop_config["plugin_dirs"]:
+        attentions.load_plugin_dir(folder)
+    result = run_trial(loop_config["trial"])
+    if dist.get_rank() == 0:
+        loop_config["results"].put(asdict(result))
+
+
+def run_multiworker(config: dict[str, Any], plugin_dirs: list[str]) -> dict[str, Any]:
+    """Train one trial on ``config['resources']['workers']`` Ray Train workers; returns rank 0's result dict."""
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+    from ray.util.queue import Queue
+
+    resources = config["resources"]
+    use_gpu = resources["gpus"] > 0
+    per_worker = {"CPU": resources["cpus"]} | ({"GPU": resources["gpus"]} if use_gpu else {})
+    results = Queue(maxsize=1, actor_options={"num_cpus": 0})
+    try:
+        trainer = TorchTrainer(
+            _train_loop,
+            train_loop_config={"trial": config, "plugin_dirs": plugin_dirs, "results": results},
+            scaling_config=ScalingConfig(
+                num_workers=resources["workers"], use_gpu=use_gpu, resources_per_worker=per_worker
+            ),
+            run_config=RunConfig(
+                name=f"attnbench-{config['grid']}",
+                storage_path=tempfile.gettempdir(),
+                failure_config=FailureConfig(max_failures=0),  # the scheduler owns retries
+            ),
+        )
+        trainer.fit()
+        if results.empty():
+            raise RuntimeError("multi-worker trial finished without a result from rank 0")
+        return results.get(timeout=30)
+    finally:
+        results.shutdown()

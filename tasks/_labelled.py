@@ -1,0 +1,131 @@
+"""The shared body of the sequence-classification tasks (``classify``, ``nli``): word or char tokens, one label each.
+
+Subclasses only read their data (``read``: split name -> (examples, labels)) and say how an example becomes tokens
+(``pieces``: the texts of one example; several texts are joined by SEP, as NLI's premise and hypothesis). Word level
+trains a lower-cased word vocabulary with ``tokenizers`` on the training split in ``prepare()``; char level is UTF-8
+bytes. Every split except ``train`` is evaluated; every example is truncated to ``max_tokens``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any, ClassVar
+
+import numpy as np
+
+from tasks._text import BYTE_VOCAB, SEP_ID, Labelled, byte_ids, encode, step_rng, train_tokenizer
+from tasks.base import Batch, ModelSize, Task, TaskSpec
+
+Examples = dict[str, tuple[list[Any], list[int]]]  # split -> (examples, labels)
+
+
+def _positive(task: str, field: str, value: Any) -> None:
+    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value <= 0):
+        raise ValueError(f"task {task!r}: {field} must be a positive int, got {value!r}")
+
+
+class LabelledTask(Task):
+    """Base of the classification tasks. ``SETTINGS``: scale -> {"word": (max_tokens, vocab), "char": (max_tokens,
+    None), "eval": eval examples per split or None, "model": ModelSize}."""
+
+    SETTINGS: ClassVar[dict[str, dict[str, Any]]] = {}
+
+    def __init__(
+        self,
+        *,
+        scale: str,
+        seed: int,
+        data: str | None,
+        level: str,
+        max_tokens: int | None,
+        vocab_size: int | None,
+        eval_examples: int | None,
+        num_classes: int,
+    ):
+        super().__init__(scale=scale, seed=seed)
+        if level not in ("word", "char"):
+            raise ValueError(f"task {self.name!r}: level must be 'word' or 'char', got {level!r}")
+        settings = self.SETTINGS[scale]
+        default_tokens, default_vocab = settings[level]
+        self.data, self.level, self.num_classes = data, level, num_classes
+        self.max_tokens = max_tokens if max_tokens is not None else default_tokens
+        self.vocab_size = vocab_size if vocab_size is not None else default_vocab
+        self.eval_examples = eval_examples if eval_examples is not None else settings["eval"]
+        self.model_size: ModelSize = settings["model"]
+        for field in ("max_tokens", "vocab_size", "eval_examples", "num_classes"):
+            _positive(self.name, field, getattr(self, field))
+        if num_classes < 2:
+            raise ValueError(f"task {self.name!r}: num_classes must be >= 2, got {num_classes}")
+        if level == "char" and vocab_size is not None:
+            raise ValueError(f"task {self.name!r}: vocab_size applies to level='word' only (char level is bytes)")
+        self.tokenizer = None
+        self._splits: dict[str, Labelled] = {}
+
+    def read(self) -> Examples:
+        raise NotImplementedError
+
+    def pieces(self, example: Any) -> Sequence[str]:
+        return (example,)
+
+    @property
+    def spec(self) -> TaskSpec:
+        vocab = BYTE_VOCAB if self.level == "char" else self.vocab_size
+        return TaskSpec(
+            kind="classify",
+            vocab_size=vocab,
+            max_len=self.max_tokens,
+            metrics=("accuracy",),
+            num_classes=self.num_classes,
+            model=self.model_size,
+        )
+
+    def _encode(self, examples: list[Any]) -> list[np.ndarray]:
+        per_piece = list(zip(*(self.pieces(e) for e in examples), strict=True))  # piece index -> texts
+        if self.level == "char":
+            encoded = [[byte_ids(t, self.max_tokens) for t in texts] for texts in per_piece]
+        else:
+            encoded = [encode(self.tokenizer, texts, self.max_tokens) for texts in per_piece]
+        out = []
+        for parts in zip(*encoded, strict=True):
+            if len(parts) == 1:
+                out.append(parts[0][: self.max_tokens])
+                continue
+            # Keep the tail pieces (the hypothesis) whole where possible: the first piece gives way first.
+            budget = self.max_tokens - (len(parts) - 1)
+            tail = [p[: max(1, budget // len(parts))] for p in parts[1:]]
+            head = parts[0][: max(1, budget - sum(len(t) for t in tail))]
+            joined = [head]
+            for piece in tail:
+                joined.extend([np.array([SEP_ID]), piece])
+            out.append(np.concatenate(joined)[: self.max_tokens])
+        return out
+
+    def prepare(self) -> None:
+        raw = self.read()
+        for name, (_, labels) in raw.items():
+            bad = sorted({y for y in labels if not 0 <= y < self.num_classes})
+            if bad:
+                raise ValueError(f"task {self.name!r}: split {name!r} has labels {bad} outside [0, {self.num_classes})")
+        if self.level == "word":
+            train_texts = (text for example in raw["train"][0] for text in self.pieces(example))
+            self.tokenizer = train_tokenizer(train_texts, self.vocab_size, "word")
+        self._splits = {}
+        for name, (examples, labels) in raw.items():
+            # A fixed shuffle (the same for every seed): files list one class after another, and a capped
+            # evaluation (eval_examples) must still see every class.
+            order = np.random.default_rng(0).permutation(len(examples))
+            self._splits[name] = Labelled(self._encode([examples[i] for i in order]), [labels[i] for i in order])
+
+    def train_batch(self, batch_size: int, step: int) -> Batch:
+        if not self._splits:
+            raise RuntimeError(f"task {self.name!r}: call prepare() before train_batch()")
+        return self._splits["train"].sample(batch_size, step_rng(self.seed, step))
+
+    def eval_splits(self, batch_size: int) -> dict[str, Iterator[Batch]]:
+        if not self._splits:
+            raise RuntimeError(f"task {self.name!r}: call prepare() before eval_splits()")
+        return {
+            name: split.batches(batch_size, self.eval_examples)
+            for name, split in self._splits.items()
+            if name != "train"
+        }

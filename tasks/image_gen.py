@@ -1,0 +1,118 @@
+"""Pixel-by-pixel image generation on CIFAR-10 (Tay et al. 2020, section 5.3), bits per dimension.
+
+An image is a flat sequence of its pixel values in raster order with the colour channels interleaved (row by row,
+pixel by pixel, R G B), each value one of 256 tokens: 32 x 32 x 3 = 3072 dimensions. A BOS token is prepended so that
+the first dimension is predicted too; bpd is the summed negative log-likelihood of every dimension over
+(dimensions x ln 2). Real data: ``data`` is the ``cifar-10-batches-py`` folder of the CIFAR-10 python release
+(pickled dicts ``data_batch_1`` .. ``data_batch_5`` and ``test_batch`` with keys ``b'data'``, an (N, 3072) uint8 array
+in channel-major order, and ``b'labels'``).
+
+Embedded default (offline): scikit-learn's bundled 8x8 handwritten digits (``sklearn.datasets.load_digits``, the
+UCI optical-recognition test set, 1797 images, 17 grey levels 0..16). Each level v is rescaled to the 256-way pixel
+scale as round(v * 255 / 16); images 0..1499 train, 1500..1796 test. Sequences are 64 dimensions long.
+"""
+
+from __future__ import annotations
+
+import pickle
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from tasks._text import BYTE_OFFSET, data_error, require_dir, step_rng
+from tasks.base import BOS_ID, Batch, ModelSize, Task, TaskSpec, register_task
+
+CIFAR_TRAIN = tuple(f"data_batch_{i}" for i in range(1, 6))
+CIFAR_TEST = "test_batch"
+DIGITS_TRAIN = 1500
+# scale -> (model, evaluation images; None = the whole test split). Paper: Tensor2Tensor "base" parameterisation.
+SCALES = {
+    "smoke": (ModelSize(layers=2, dim=64, heads=4, mlp_dim=128), 64),
+    "small": (ModelSize(layers=4, dim=256, heads=4, mlp_dim=1024), 1_000),
+    "paper": (ModelSize(layers=6, dim=512, heads=8, mlp_dim=2048, dropout=0.1), None),
+}
+
+
+def _read_cifar_batch(path: Path, task: str) -> np.ndarray:
+    if not path.is_file():
+        raise data_error(task, path.parent, f"the CIFAR-10 python batch file {path.name}")
+    try:
+        with path.open("rb") as handle:
+            batch = pickle.load(handle, encoding="bytes")
+        data = np.asarray(batch[b"data"], dtype=np.uint8)
+        labels = batch[b"labels"]
+    except (pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError, AttributeError):
+        raise data_error(task, path, "a pickled CIFAR-10 batch dict with keys b'data' and b'labels'") from None
+    if data.ndim != 2 or data.shape[1] != 3072 or len(labels) != len(data):
+        raise data_error(task, path, f"b'data' of shape (N, 3072) with N labels, got {data.shape}")
+    # channel-major (N, 3, 32, 32) -> raster order with interleaved channels (N, 32, 32, 3) -> (N, 3072)
+    return data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1).reshape(len(data), 3072)
+
+
+def read_cifar10(path: str | Path, task: str = "image_gen") -> tuple[np.ndarray, np.ndarray]:
+    """(train, test) uint8 arrays of shape (N, 3072), raster order with interleaved RGB."""
+    folder = require_dir(task, path, "the CIFAR-10 python batches (data_batch_1..5, test_batch)")
+    if (folder / "cifar-10-batches-py").is_dir():
+        folder = folder / "cifar-10-batches-py"
+    train = np.concatenate([_read_cifar_batch(folder / name, task) for name in CIFAR_TRAIN])
+    return train, _read_cifar_batch(folder / CIFAR_TEST, task)
+
+
+def load_digits_pixels() -> tuple[np.ndarray, np.ndarray]:
+    """(train, test) uint8 arrays of shape (N, 64) from scikit-learn's bundled digits, on the 0..255 scale."""
+    from sklearn.datasets import load_digits
+
+    levels = load_digits().data  # (1797, 64) floats 0..16
+    pixels = np.rint(levels * 255.0 / 16.0).astype(np.uint8)
+    return pixels[:DIGITS_TRAIN], pixels[DIGITS_TRAIN:]
+
+
+@register_task("image_gen")
+class ImageGenerationTask(Task):
+    """Parameters: ``data`` (``cifar-10-batches-py`` folder; None = scikit-learn's 8x8 digits), ``eval_images`` (cap
+    on test images scored). Unset parameters take the scale's values."""
+
+    def __init__(self, *, scale: str = "smoke", seed: int = 0, data: str | None = None, eval_images: int | None = None):
+        super().__init__(scale=scale, seed=seed)
+        self.model_size, default_eval = SCALES[scale]
+        self.data = data
+        self.eval_images = eval_images if eval_images is not None else default_eval
+        if self.eval_images is not None and (not isinstance(self.eval_images, int) or self.eval_images <= 0):
+            raise ValueError(f"task 'image_gen': eval_images must be a positive int, got {self.eval_images!r}")
+        self._train: np.ndarray | None = None
+        self._test: np.ndarray | None = None
+
+    @property
+    def dims(self) -> int:
+        """Sequence length: 3072 for CIFAR-10, 64 for the embedded digits (known before ``prepare``)."""
+        return 3072 if self.data else 64
+
+    @property
+    def spec(self) -> TaskSpec:
+        return TaskSpec(
+            kind="lm", vocab_size=256 + BYTE_OFFSET, max_len=self.dims, metrics=("bpd",), model=self.model_size
+        )
+
+    def prepare(self) -> None:
+        self._train, self._test = read_cifar10(self.data, self.name) if self.data else load_digits_pixels()
+        if self.eval_images is not None:
+            self._test = self._test[: self.eval_images]
+
+    @staticmethod
+    def _batch(pixels: np.ndarray) -> Batch:
+        tokens = torch.from_numpy(pixels.astype(np.int64) + BYTE_OFFSET)
+        tokens = torch.cat([torch.full_like(tokens[:, :1], BOS_ID), tokens], dim=1)  # (B, dims + 1)
+        return {"tokens": tokens, "mask": torch.ones_like(tokens, dtype=torch.bool)}
+
+    def train_batch(self, batch_size: int, step: int) -> Batch:
+        if self._train is None:
+            raise RuntimeError("task 'image_gen': call prepare() before train_batch()")
+        return self._batch(self._train[step_rng(self.seed, step).integers(0, len(self._train), batch_size)])
+
+    def eval_splits(self, batch_size: int) -> dict[str, Iterator[Batch]]:
+        if self._test is None:
+            raise RuntimeError("task 'image_gen': call prepare() before eval_splits()")
+        test = self._test
+        return {"test": (self._batch(test[i : i + batch_size]) for i in range(0, len(test), batch_size))}

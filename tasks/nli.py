@@ -1,0 +1,150 @@
+"""Natural language inference (Tay et al. 2020, section 5.4, Table 7): SNLI and MultiNLI, accuracy.
+
+As in the paper's Tensor2Tensor setup, premise and hypothesis are concatenated into one input sequence (premise,
+SEP, hypothesis) for an encoder-only classifier; Transformer "tiny", random word embeddings. Labels: entailment 0,
+neutral 1, contradiction 2; pairs whose ``gold_label`` is ``-`` (no annotator majority) are dropped, as usual.
+
+Real data (``data``, detected from the file names): a folder (or its parent) holding the jsonl release files
+* SNLI: ``snli_1.0_train.jsonl``, ``snli_1.0_dev.jsonl``, ``snli_1.0_test.jsonl`` -> splits train, dev, test;
+* MultiNLI: ``multinli_1.0_train.jsonl``, ``multinli_1.0_dev_matched.jsonl``, ``multinli_1.0_dev_mismatched.jsonl``
+  -> splits train, dev_matched, dev_mismatched (MultiNLI's test labels are not public).
+Each line is an object with ``gold_label``, ``sentence1`` (premise) and ``sentence2`` (hypothesis).
+
+Embedded default (offline), derived from real text, and *not* inference: sentence pairs of the Python
+reference-manual topics (``tasks._text``). For a premise sentence the hypothesis is, with equal probability, the
+sentence that follows it (label 0), another sentence of the same topic (1), or a sentence of another topic (2):
+a three-way sentence-relation task with NLI's input format. Training pairs come from the training topics, test pairs
+from the held-out topics only (one in ten).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from tasks._labelled import Examples, LabelledTask
+from tasks._text import data_error, default_corpus, held_out, require_dir
+from tasks.base import ModelSize, register_task
+
+LABELS = {"entailment": 0, "neutral": 1, "contradiction": 2}
+LAYOUTS = {
+    "snli": {"train": "snli_1.0_train.jsonl", "dev": "snli_1.0_dev.jsonl", "test": "snli_1.0_test.jsonl"},
+    "mnli": {
+        "train": "multinli_1.0_train.jsonl",
+        "dev_matched": "multinli_1.0_dev_matched.jsonl",
+        "dev_mismatched": "multinli_1.0_dev_mismatched.jsonl",
+    },
+}
+TINY = ModelSize(layers=2, dim=128, heads=4, mlp_dim=512, dropout=0.1)  # Tensor2Tensor transformer_tiny
+SETTINGS = {
+    "smoke": {"word": (48, 2_000), "char": (192, None), "eval": 128, "model": ModelSize(2, 64, 4, 128)},
+    "small": {"word": (128, 16_000), "char": (512, None), "eval": 2_000, "model": TINY},
+    "paper": {"word": (128, 32_000), "char": (512, None), "eval": None, "model": TINY},
+}
+DEFAULT_PAIRS = {"train": 6_000, "test": 600}
+
+
+def read_nli_file(path: Path, task: str = "nli") -> tuple[list[tuple[str, str]], list[int]]:
+    """(pairs, labels) of one SNLI/MultiNLI jsonl file, pairs without a gold label dropped."""
+    pairs, labels = [], []
+    with path.open(encoding="utf-8") as handle:
+        for line, raw in enumerate(handle, start=1):
+            if not raw.strip():
+                continue
+            try:
+                row = json.loads(raw)
+                gold, premise, hypothesis = row["gold_label"], row["sentence1"], row["sentence2"]
+            except (json.JSONDecodeError, KeyError, TypeError):
+                raise data_error(
+                    task, f"{path}:{line}", "a JSON object with gold_label, sentence1, sentence2"
+                ) from None
+            if gold == "-":
+                continue
+            if gold not in LABELS:
+                raise data_error(task, f"{path}:{line}", f"gold_label one of {', '.join(LABELS)} or '-', got {gold!r}")
+            pairs.append((premise, hypothesis))
+            labels.append(LABELS[gold])
+    if not pairs:
+        raise data_error(task, path, "at least one pair with a gold label")
+    return pairs, labels
+
+
+def read_nli(path: str | Path, task: str = "nli") -> Examples:
+    """split -> (pairs, labels) of an SNLI or MultiNLI folder."""
+    folder = require_dir(task, path, "the SNLI or MultiNLI jsonl files")
+    for layout in LAYOUTS.values():
+        for root in (folder, folder / "snli_1.0", folder / "multinli_1.0"):
+            if (root / layout["train"]).is_file():
+                missing = [name for name in layout.values() if not (root / name).is_file()]
+                if missing:
+                    raise data_error(task, root, f"the files {', '.join(missing)} beside {layout['train']}")
+                return {split: read_nli_file(root / name, task) for split, name in layout.items()}
+    expected = " or ".join(f"{', '.join(layout.values())}" for layout in LAYOUTS.values())
+    raise data_error(task, folder, expected)
+
+
+def default_examples() -> Examples:
+    """split -> (pairs, labels) of the embedded sentence-relation task (see the module docstring)."""
+    groups: dict[str, list[list[str]]] = {"train": [], "test": []}
+    for index, (_, _, body) in enumerate(default_corpus()):
+        if len(body) >= 4:  # room for a non-adjacent sentence
+            groups["test" if held_out(index) else "train"].append(body)
+    rng = np.random.default_rng(1234)  # fixed: the data set does not change with the trial's seed
+    out: Examples = {}
+    for split, topics in groups.items():
+        pairs, labels = [], []
+        for _ in range(DEFAULT_PAIRS[split]):
+            t = int(rng.integers(len(topics)))
+            i = int(rng.integers(len(topics[t]) - 1))
+            label = int(rng.integers(3))
+            if label == 0:
+                hypothesis = topics[t][i + 1]
+            elif label == 1:
+                j = int(rng.choice([j for j in range(len(topics[t])) if abs(j - i) > 1]))
+                hypothesis = topics[t][j]
+            else:
+                other = int(rng.choice([u for u in range(len(topics)) if u != t]))
+                hypothesis = topics[other][int(rng.integers(len(topics[other])))]
+            pairs.append((topics[t][i], hypothesis))
+            labels.append(label)
+        out[split] = (pairs, labels)
+    return out
+
+
+@register_task("nli")
+class NaturalLanguageInferenceTask(LabelledTask):
+    """Parameters: ``data`` (SNLI or MultiNLI folder; None = embedded sentence pairs), ``level`` (``word`` |
+    ``char``), ``max_tokens`` (premise + SEP + hypothesis), ``vocab_size`` (word level), ``eval_examples`` (cap per
+    split). Unset parameters take the scale's values."""
+
+    SETTINGS = SETTINGS
+
+    def __init__(
+        self,
+        *,
+        scale: str = "smoke",
+        seed: int = 0,
+        data: str | None = None,
+        level: str = "word",
+        max_tokens: int | None = None,
+        vocab_size: int | None = None,
+        eval_examples: int | None = None,
+    ):
+        super().__init__(
+            scale=scale,
+            seed=seed,
+            data=data,
+            level=level,
+            max_tokens=max_tokens,
+            vocab_size=vocab_size,
+            eval_examples=eval_examples,
+            num_classes=3,
+        )
+
+    def read(self) -> Examples:
+        return default_examples() if self.data is None else read_nli(self.data, self.name)
+
+    def pieces(self, example: tuple[str, str]) -> tuple[str, str]:
+        return example

@@ -1,0 +1,177 @@
+"""SBM attention: equals softmax attention restricted to its graph, samples a fresh graph per training call,
+straight-through gradients, density regularizer in the model's loss, realized edge fraction reported."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import attentions
+from harness.model import ModelConfig, Transformer
+from harness.trainer import plugin_metrics
+
+HEADS, DIM, MAX_LEN = 2, 8, 64
+
+
+def make(causal: bool = False, **params) -> attentions.Attention:
+    torch.manual_seed(0)
+    params = {"clusters": 3} | params
+    return attentions.build("sbm", heads=HEADS, head_dim=DIM, max_len=MAX_LEN, causal=causal, **params)
+
+
+def qkv(length: int, batch: int = 2, seed: int = 1) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(batch, HEADS, length, DIM, generator=g) for _ in range(3)]
+
+
+def padding(length: int, padded: bool) -> torch.Tensor:
+    mask = torch.ones(2, length, dtype=torch.bool)
+    if padded:
+        mask[0, length - 4 :] = False
+        mask[1, :2] = False
+    return mask
+
+
+def probabilities(attn, q, k, mask, causal):
+    """The block model written out: p_ij = 1 - exp(-Y_i B Z_j^T) on allowed pairs, zero elsewhere."""
+    emb = attn.cluster_embeddings
+    y = torch.sigmoid(attn.mlp(q) @ emb.transpose(-1, -2))  # (B, H, L, k)
+    z = torch.sigmoid(attn.mlp(k) @ emb.transpose(-1, -2))
+    block = torch.softmax(emb @ emb.transpose(-1, -2), dim=-1)
+    p = 1 - torch.exp(-(y @ block @ z.transpose(-1, -2)))
+    allowed = (mask[:, :, None] & mask[:, None, :])[:, None]
+    if causal:
+        allowed = allowed & torch.ones(q.shape[2], q.shape[2], dtype=torch.bool).tril()
+    return p * allowed, allowed
+
+
+def graph_attention(q, k, v, p, graph):
+    """Dense reference: softmax over the graph's edges, each weight times 1 + p - stopgrad(p) (straight-through)."""
+    scores = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
+    weights = torch.exp(scores - scores.max(-1, keepdim=True).values) * graph * (1 + p - p.detach())
+    return weights / weights.sum(-1, keepdim=True) @ v
+
+
+def with_self(graph: torch.Tensor) -> torch.Tensor:
+    return graph | torch.eye(graph.shape[-1], dtype=torch.bool)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("padded", [False, True])
+@pytest.mark.parametrize("length", [9, 30])
+def test_eval_is_attention_on_the_most_likely_graph(causal, padded, length):
+    attn = make(causal).eval()
+    q, k, v = qkv(length)
+    mask = padding(length, padded)
+    p, allowed = probabilities(attn, q, k, mask, causal)
+    graph = with_self((p >= 0.5) & allowed)
+    fraction = (graph & allowed).sum() / (allowed.sum() * HEADS)
+    assert 0.1 < fraction < 0.9, "a graph that is empty or full would not test the sparse path"
+    y = attn(q, k, v, padding_mask=mask)
+    real = mask[:, None, :, None].expand_as(q)
+    torch.testing.assert_close(y[real], graph_attention(q, k, v, p, graph)[real])
+    assert attn.trial_metrics()["edge_fraction"] == pytest.approx(float(fraction))
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_training_attends_on_a_bernoulli_sample(causal):
+    attn = make(causal).train()
+    q, k, v = qkv(20)
+    mask = padding(20, True)
+    p, allowed = probabilities(attn, q, k, mask, causal)
+    torch.manual_seed(5)
+    y = attn(q, k, v, padding_mask=mask)
+    torch.manual_seed(5)
+    graph = with_self((torch.bernoulli(p.detach()) > 0) & allowed)  # the plugin draws its graph with this one call
+    real = mask[:, None, :, None].expand_as(q)
+    torch.testing.assert_close(y[real], graph_attention(q, k, v, p, graph)[real])
+    fraction = (graph & allowed).sum() / (allowed.sum() * HEADS)
+    assert attn.trial_metrics()["edge_fraction"] == pytest.approx(float(fraction))
+
+
+def test_sampled_graph_changes_in_training_not_in_eval():
+    attn = make().train()
+    q, k, v = qkv(24)
+    outputs, fractions = [], []
+    for _ in range(3):
+        outputs.append(attn(q, k, v))
+        fractions.append(attn.trial_metrics()["edge_fraction"])
+    assert all(0.0 <= f <= 1.0 for f in fractions)
+    assert not torch.allclose(outputs[0], outputs[1]) and len(set(fractions)) > 1
+    attn.eval()
+    first = attn(q, k, v)
+    torch.testing.assert_close(attn(q, k, v), first, rtol=0, atol=0)
+    assert 0.0 <= attn.trial_metrics()["edge_fraction"] <= 1.0
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_every_query_keeps_its_self_edge(causal):
+    """Memberships near 0 give an (almost) empty graph: each query then attends to itself alone."""
+    attn = make(causal)
+    with torch.no_grad():
+        attn.mlp[-1].bias.fill_(-40.0)  # MLP output far negative in every direction ...
+        attn.cluster_embeddings.abs_()  # ... and embeddings positive, so every membership is ~0
+    q, k, v = qkv(12)
+    for mode in (attn.eval(), attn.train()):
+        torch.testing.assert_close(mode(q, k, v), v)
+        assert attn.trial_metrics()["edge_fraction"] == pytest.approx(1 / 12 if not causal else 12 / 78)
+
+
+def test_straight_through_gradients_match_reference():
+    """The task loss alone (density 0) trains the cluster embeddings and the MLP, exactly as the STE prescribes."""
+    q, k, v = qkv(16)
+    target = torch.randn_like(q)
+    attn = make(density=0.0).eval()
+    (attn(q, k, v) * target).sum().backward()
+    got = [t.grad.clone() for t in (attn.cluster_embeddings, attn.mlp[0].weight, attn.mlp[2].weight)]
+    attn.zero_grad()
+    mask = padding(16, False)
+    p, allowed = probabilities(attn, q, k, mask, False)
+    (graph_attention(q, k, v, p, with_self((p >= 0.5) & allowed)) * target).sum().backward()
+    want = [t.grad for t in (attn.cluster_embeddings, attn.mlp[0].weight, attn.mlp[2].weight)]
+    for g, w in zip(got, want, strict=True):
+        assert g.abs().sum() > 0
+        torch.testing.assert_close(g, w)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_density_regularizer_is_weighted_expected_edge_fraction(causal):
+    attn = make(causal, density=0.3).eval()
+    q, k, v = qkv(14)
+    mask = padding(14, True)
+    attn(q, k, v, padding_mask=mask)
+    p, allowed = probabilities(attn, q, k, mask, causal)
+    torch.testing.assert_close(attn.extra_loss, 0.3 * p.sum() / (allowed.sum() * HEADS))
+    attn.extra_loss.backward()
+    assert attn.cluster_embeddings.grad.abs().sum() > 0
+
+
+def test_density_loss_reaches_model_loss_and_edge_fraction_reaches_metrics():
+    cfg = ModelConfig(
+        kind="lm", vocab_size=11, max_len=32, attention="sbm", attention_params={"clusters": 3, "density": 5.0}
+    )
+    torch.manual_seed(0)
+    model = Transformer(cfg).eval()  # eval: one deterministic graph, so a second forward sees the same model
+    tokens = torch.randint(2, 11, (3, 17))
+    batch = {"tokens": tokens, "mask": torch.ones_like(tokens, dtype=torch.bool)}
+    loss = model(batch)
+    plugins = [m for m in model.modules() if isinstance(m, attentions.Attention)]
+    extra = sum(p.extra_loss for p in plugins)
+    logits, targets, mask = model.predictions(batch)
+    torch.testing.assert_close(loss, F.cross_entropy(logits[mask], targets[mask]) + extra)
+    assert extra > 0.1
+    model.zero_grad()
+    model.extra_loss().backward()
+    assert all(p.cluster_embeddings.grad.abs().sum() > 0 for p in plugins)
+    fraction = plugin_metrics(model)["edge_fraction"]
+    assert 0.0 <= fraction <= 1.0
+    assert fraction == pytest.approx(sum(p.trial_metrics()["edge_fraction"] for p in plugins) / len(plugins))
+
+
+@pytest.mark.parametrize("param,bad", [("clusters", 0), ("clusters", 2.5), ("density", -1.0), ("density", True)])
+def test_invalid_parameters_named(param, bad):
+    with pytest.raises(ValueError, match=param):
+        make(**{param: bad})

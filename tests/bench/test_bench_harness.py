@@ -1,0 +1,39 @@
+"""The sweep helpers of ``harness.bench`` (fast; the measurements themselves are in test_speed_memory.py)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from harness import bench
+
+
+def test_fit_exponent_recovers_known_orders():
+    lengths = [256, 512, 1024, 2048]
+    assert bench.fit_exponent(lengths, [3.0 * n for n in lengths]) == pytest.approx(1.0)
+    assert bench.fit_exponent(lengths, [0.5 * n * n + 0 for n in lengths]) == pytest.approx(2.0)
+    with pytest.raises(ValueError):
+        bench.fit_exponent([10], [1.0])
+
+
+def test_sweep_rows_and_saved_bytes():
+    rows = bench.sweep(["local", "vanilla"], [64, 128], repeats=1, configs=[("cpu", torch.float32)], block_size=16)
+    assert [(r["attention"], r["length"]) for r in rows] == [
+        ("local", 64),
+        ("vanilla", 64),
+        ("local", 128),
+        ("vanilla", 128),
+    ]
+    for row in rows:
+        assert row["seconds"] > 0 and row["peak_memory_bytes"] > 0 and row["saved_bytes"] > 0
+        assert (row["device"], row["dtype"]) == ("cpu", "float32")
+    local = {r["length"]: r["saved_bytes"] for r in rows if r["attention"] == "local"}
+    assert local[128] > local[64]  # saved activations grow with length
+
+
+def test_saved_bytes_counts_each_storage_once():
+    q, k, v = bench.make_inputs(32, batch=1, heads=2, head_dim=8, device=torch.device("cpu"), dtype=torch.float32)
+    # q * k saves both inputs; q * q saves q twice (one storage): the latter must count half as much.
+    both = bench.saved_bytes(lambda a, b, c: a * b, q, k, v)
+    once = bench.saved_bytes(lambda a, b, c: a * a, q, k, v)
+    assert both == 2 * once == 2 * q.numel() * 4
