@@ -5,7 +5,7 @@ PIP := $(VENV)/bin/pip
 export RAY_USAGE_STATS_ENABLED := 0
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install browser demo test bench bench-check lint clean
+.PHONY: install browser demo test bench bench-check bench-baseline lint clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -28,8 +28,21 @@ browser:
 test: install browser
 	$(PY) -m pytest -q tests --ignore=tests/bench
 
+# The full sweep: pytest-benchmark (1K-16K, the Sinkhorn family against vanilla and the public peer, scheduler
+# throughput), saved under .benchmarks/. The peer package is a benchmark-only extra.
 bench: install
-	$(PY) -m pytest -q tests/bench --benchmark-only --benchmark-autosave
+	$(PIP) install -q -e '.[bench]'
+	$(PY) -m pytest -q -s tests/bench --benchmark-only --benchmark-autosave
+
+# Every plugin at short lengths against the committed baseline: time as a ratio to vanilla in the same run,
+# memory in bytes (+10% + 64 KiB), memory exponent <= 1.3 for block methods. Also part of `make test`.
+BENCH_LENGTHS ?= 256 512 1024
+bench-check: install
+	$(VENV)/bin/attnbench bench --lengths $(BENCH_LENGTHS) --repeats 5 --check tests/bench/baseline.json
+
+# Re-record the baseline after an intended change (commit the new file with the change that explains it).
+bench-baseline: install
+	$(VENV)/bin/attnbench bench --lengths $(BENCH_LENGTHS) --repeats 5 --save-baseline tests/bench/baseline.json
 
 lint: install
 	$(VENV)/bin/ruff check attentions tasks harness tests

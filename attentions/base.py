@@ -31,6 +31,9 @@ class Attention(nn.Module):
     supports_causal: ClassVar[bool] = True
     supports_padding: ClassVar[bool] = True
     causal_refusal: ClassVar[str] = "this attention has no causal form"
+    # Memory linear in length at fixed parameters (block methods): `attnbench bench --check` fails such a plugin
+    # when the fitted exponent of its peak memory against length drifts above 1.3.
+    linear_memory: ClassVar[bool] = False
     name: ClassVar[str] = ""
 
     def __init__(self, *, heads: int, head_dim: int, max_len: int, causal: bool = False):

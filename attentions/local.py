@@ -15,6 +15,8 @@ from attentions.base import Attention, register_attention
 class LocalAttention(Attention):
     """Parameters: ``block_size`` (keys visible to a query: its own block of this many positions)."""
 
+    linear_memory = True
+
     def __init__(self, *, heads: int, head_dim: int, max_len: int, causal: bool = False, block_size: int = 32):
         super().__init__(heads=heads, head_dim=head_dim, max_len=max_len, causal=causal)
         if not isinstance(block_size, int) or isinstance(block_size, bool) or block_size <= 0:

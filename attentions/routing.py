@@ -56,6 +56,8 @@ def _pack(member: torch.Tensor) -> torch.Tensor:
 class RoutingAttention(Attention):
     """Parameters: ``clusters``, ``window``, ``commitment``, ``decay`` (see the module docstring)."""
 
+    linear_memory = True  # O(L * window) at a fixed cluster count
+
     def __init__(
         self,
         *,

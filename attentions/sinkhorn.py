@@ -66,6 +66,8 @@ class SinkhornAttention(Attention):
     (row+column normalization rounds; 0 = no balancing, S = exp(R / tau) as in Table 8 row 6), ``sortnet`` (Table 8
     rows 4, 3, 2, 1), ``gumbel`` (add Gumbel noise to R while training)."""
 
+    linear_memory = True
+
     def __init__(
         self,
         *,
@@ -209,6 +211,8 @@ class SortCutAttention(SinkhornAttention):
 @register_attention("sinkhorn_mixture")
 class SinkhornMixtureAttention(SinkhornAttention):
     """Sinkhorn attention plus dense attention, outputs summed (section 3.2.3); sinkhorn's parameters. O(L^2)."""
+
+    linear_memory = False  # its dense half is quadratic in theory (linear only where SDPA runs a flash kernel)
 
     def __init__(
         self,

@@ -55,10 +55,10 @@ def _list(args: argparse.Namespace, console: Console) -> int:
     for name in attentions.names():
         params = ", ".join(f"{k}={p.default!r}" for k, p in attentions.parameters(name).items())
         causal = "causal" if attentions.get(name).supports_causal else "encoder only"
-        console.print(f"  {name:<18} {causal:<13} {params}", highlight=False)
+        console.print(f"  {name:<18} {causal:<13} {params}", highlight=False, soft_wrap=True)
     console.print("[bold]tasks[/bold]")
     for name in tasks.names():
-        console.print(f"  {name:<18} {', '.join(tasks.parameters(name))}", highlight=False)
+        console.print(f"  {name:<18} {', '.join(tasks.parameters(name))}", highlight=False, soft_wrap=True)
     console.print("[bold]grids[/bold]")
     for name in shipped_grids():
         console.print(f"  {name}", highlight=False)
@@ -71,6 +71,67 @@ def _report(args: argparse.Namespace, console: Console) -> int:
     path = write_report(args.results, args.out)
     console.print(f"report written to {path}")
     return 0
+
+
+def _bench(args: argparse.Namespace, console: Console) -> int:
+    import datetime as dt
+
+    import attentions
+    from harness import bench, regression
+
+    for folder in args.plugins:
+        attentions.load_plugin_dir(folder)
+    names = args.attentions or attentions.names()
+    for name in names:
+        attentions.get(name)  # unknown names fail here, with a suggestion, before anything is measured
+    if regression.REFERENCE not in names:
+        names = [regression.REFERENCE, *names]  # time is judged relative to vanilla in the same run
+    config = {
+        "run": dt.datetime.now(dt.UTC).isoformat(),
+        "lengths": args.lengths,
+        "batch": 1,
+        "heads": args.heads,
+        "head_dim": args.head_dim,
+        "block_size": args.block_size,
+        "repeats": args.repeats,
+        "block_plugins": sorted(n for n in names if "block_size" in attentions.parameters(n)),
+    }
+    console.print(f"bench: {', '.join(names)} at L = {', '.join(map(str, args.lengths))}")
+    rows = []
+    for name in names:  # one plugin at a time, so progress shows
+        with console.status(f"measuring {name}"):
+            rows += bench.sweep(
+                [name],
+                args.lengths,
+                heads=args.heads,
+                head_dim=args.head_dim,
+                block_size=args.block_size,
+                repeats=args.repeats,
+            )
+        for row in rows[-len(args.lengths) * len(bench.default_configs()) :]:
+            console.print(
+                f"  {name:<18} L={row['length']:<6} {row['device']:<5} {row['seconds_min'] * 1e3:9.2f} ms  "
+                f"peak {row['peak_memory_bytes'] / 2**20:9.2f} MiB  saved {row['saved_bytes'] / 2**20:9.2f} MiB",
+                highlight=False,
+                soft_wrap=True,
+            )
+    stored = bench.store_sweep(args.results, rows, config)
+    console.print(f"{stored} measurements stored in {args.results}")
+    for name, exponent in sorted(regression.memory_exponents(rows).items()):
+        console.print(f"  memory of {name:<18} ~ L^{exponent:.2f}", highlight=False)
+    if args.save_baseline:
+        regression.save_baseline(args.save_baseline, regression.make_baseline(rows, config))
+        console.print(f"baseline written to {args.save_baseline}")
+    problems = regression.complexity(rows)
+    if args.check:
+        problems += regression.compare(regression.load_baseline(args.check), rows)
+    for problem in problems:
+        console.print(f"[red]regression:[/red] {problem}", highlight=False)
+    if args.check or problems:
+        console.print(
+            "bench check: " + (f"[red]{len(problems)} regressions[/red]" if problems else "[green]ok[/green]")
+        )
+    return EXIT_TRIALS_FAILED if problems else 0
 
 
 def parser() -> argparse.ArgumentParser:
@@ -87,6 +148,17 @@ def parser() -> argparse.ArgumentParser:
     report = verbs.add_parser("report", help="render the store as one HTML page")
     report.add_argument("--results", type=Path, default=Path("results"))
     report.add_argument("--out", type=Path, default=Path("reports/report.html"))
+    sweep = verbs.add_parser("bench", help="speed & memory sweep of plugins (forward + backward) -> the store")
+    sweep.add_argument("--lengths", type=int, nargs="+", default=[256, 512, 1024, 2048])
+    sweep.add_argument("--attentions", nargs="+", default=None, help="plugins to measure (default: all)")
+    sweep.add_argument("--heads", type=int, default=4)
+    sweep.add_argument("--head-dim", type=int, default=64)
+    sweep.add_argument("--block-size", type=int, default=64)
+    sweep.add_argument("--repeats", type=int, default=3)
+    sweep.add_argument("--results", type=Path, default=Path("results"))
+    sweep.add_argument("--plugins", action="append", default=[], metavar="DIR")
+    sweep.add_argument("--check", type=Path, default=None, metavar="BASELINE", help="fail on regressions against it")
+    sweep.add_argument("--save-baseline", type=Path, default=None, metavar="FILE")
     return top
 
 
@@ -94,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     args = parser().parse_args(argv)
     console = Console(stderr=True)
-    handlers = {"run": _run, "list": _list, "report": _report}
+    handlers = {"run": _run, "list": _list, "report": _report, "bench": _bench}
     try:
         return handlers[args.verb](args, console)
     except ValueError as exc:  # GridError and every plugin/task validation error

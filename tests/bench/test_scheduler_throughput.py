@@ -28,7 +28,7 @@ def trials(tmp_path, name: str):
             tasks: [{{sort: {{train_size: 512, test_size: 16}}}}]
             seeds: {seeds}
             attentions: {{vanilla: {{}}}}
-            train: {{steps: 200, batch_size: 16}}
+            train: {{steps: 600, batch_size: 16}}
             resources: {{cpus: 1}}
             """
         )

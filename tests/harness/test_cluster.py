@@ -134,7 +134,7 @@ def test_ray_job_submit_runs_a_grid_on_the_cluster(head, tmp_path):
         "--results",
         str(results),
     ]
-    deadline = time.time() + 120
+    deadline = time.time() + 180
     while True:  # the head's job agent comes up a little after the node itself
         job = subprocess.run(command, capture_output=True, text=True, env=cluster_env(), timeout=300)
         if "No available agent" not in job.stderr + job.stdout or time.time() > deadline:

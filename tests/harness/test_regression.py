@@ -1,0 +1,129 @@
+"""Speed and memory regression checks: messages, tolerances, the complexity check, and a real planted leak."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+import attentions
+from attentions.base import REGISTRY
+from attentions.local import LocalAttention
+from harness import bench, regression
+from harness.cli import main
+
+BASELINE = Path(__file__).parents[1] / "bench" / "baseline.json"
+
+
+def row(name, length, seconds, peak, saved=None):
+    return {
+        "attention": name,
+        "length": length,
+        "seconds_min": seconds,
+        "peak_memory_bytes": peak,
+        "saved_bytes": saved if saved is not None else peak // 2,
+    }
+
+
+def run(sinkhorn_seconds=0.002, sinkhorn_peak=4 << 20):
+    return [
+        row("vanilla", 512, 0.010, 2 << 20),
+        row("sinkhorn", 512, sinkhorn_seconds, sinkhorn_peak),
+        row("vanilla", 1024, 0.040, 4 << 20),
+        row("sinkhorn", 1024, 2 * sinkhorn_seconds, 2 * sinkhorn_peak),
+    ]
+
+
+def test_time_is_judged_as_a_ratio_to_vanilla_in_the_same_run():
+    baseline = regression.make_baseline(run(), config={})
+    assert baseline["cases"]["sinkhorn"]["512"]["time_ratio"] == pytest.approx(0.2)
+    # A machine twice as slow for everyone is not a regression ...
+    slower = [dict(r, seconds_min=2 * r["seconds_min"]) for r in run()]
+    assert regression.compare(baseline, slower) == []
+    # ... a plugin twice as slow relative to vanilla is, and the message says which, where, old and new.
+    problems = regression.compare(baseline, run(sinkhorn_seconds=0.004))
+    assert problems[0] == "sinkhorn at L=512: time 0.400x vanilla, baseline 0.200x (limit 0.300x)"
+    assert len(problems) == 2
+
+
+def test_memory_is_judged_in_bytes_with_the_stated_tolerance():
+    baseline = regression.make_baseline(run(), config={})
+    assert regression.compare(baseline, run(sinkhorn_peak=int((4 << 20) * 1.09))) == []
+    problems = regression.compare(baseline, run(sinkhorn_peak=(4 << 20) * 2))
+    assert "sinkhorn at L=512: peak memory 8.00 MiB, baseline 4.00 MiB (limit 4.46 MiB: +10% + 64 KiB)" in problems
+
+
+def test_complexity_check_fails_only_linear_memory_plugins_above_1_3():
+    quadratic = [row("sinkhorn", n, 0.001, n * n) for n in (256, 512, 1024)]
+    quadratic += [row("vanilla", n, 0.001, n * n) for n in (256, 512, 1024)]
+    exponents = regression.memory_exponents(quadratic)
+    assert exponents["sinkhorn"] == pytest.approx(2.0) and exponents["vanilla"] == pytest.approx(2.0)
+    assert regression.complexity(quadratic) == ["sinkhorn: peak memory grows as L^2.00, above L^1.3 for a block method"]
+    linear = [row("sinkhorn", n, 0.001, 1000 * n) for n in (256, 512, 1024)]
+    assert regression.complexity(linear) == []
+
+
+def test_missing_reference_and_bad_baseline_are_clear_errors(tmp_path):
+    with pytest.raises(ValueError, match="needs 'vanilla' at every length"):
+        regression.time_ratios([row("sinkhorn", 512, 0.1, 1)])
+    (tmp_path / "b.json").write_text("{not json")
+    with pytest.raises(ValueError, match="b.json: not a valid baseline"):
+        regression.load_baseline(tmp_path / "b.json")
+    with pytest.raises(ValueError, match="baseline file not found"):
+        regression.load_baseline(tmp_path / "missing.json")
+
+
+@pytest.fixture
+def planted():
+    """`local` plus a planted L x L buffer kept for backward: the regression every check must catch."""
+
+    @attentions.register_attention("local_planted")
+    class PlantedLocal(LocalAttention):
+        def forward(self, q, k, v, padding_mask=None):
+            dense = (q @ k.transpose(-1, -2)).softmax(-1)  # (B, H, L, L), saved by softmax for backward
+            return super().forward(q, k, v, padding_mask) + 0 * dense[..., : q.shape[-1]]
+
+    yield "local_planted"
+    REGISTRY._classes.pop("local_planted")
+
+
+def test_a_planted_square_allocation_is_caught_by_measurement(planted):
+    rows = bench.sweep(
+        ["vanilla", "local", planted],
+        [128, 256, 512],
+        heads=2,
+        head_dim=16,
+        block_size=32,
+        repeats=1,
+        configs=[(torch.device("cpu"), torch.float32)],
+    )
+    exponents = regression.memory_exponents(rows)
+    assert exponents["local"] < 1.1 and exponents[planted] > 1.5
+    assert regression.complexity(rows) == [
+        f"{planted}: peak memory grows as L^{exponents[planted]:.2f}, above L^1.3 for a block method"
+    ]
+    # Against a baseline in which it still had local's memory, every length is a memory regression.
+    baseline = regression.make_baseline([r for r in rows if r["attention"] != planted], config={})
+    baseline["cases"][planted] = baseline["cases"]["local"]
+    memory = [p for p in regression.compare(baseline, rows) if "peak memory" in p]
+    assert [p.split(":")[0] for p in memory] == [f"{planted} at L={n}" for n in (128, 256, 512)]
+
+
+def test_every_plugin_against_the_committed_baseline(tmp_path):
+    """The CI gate: the short sweep of every registered plugin must not regress against tests/bench/baseline.json."""
+    lengths = [str(n) for n in regression.load_baseline(BASELINE)["config"]["lengths"]]
+    code = main(
+        [
+            "bench",
+            "--lengths",
+            *lengths,
+            "--repeats",
+            "5",
+            "--check",
+            str(BASELINE),
+            "--results",
+            str(tmp_path / "results"),
+        ]
+    )
+    assert code == 0
