@@ -109,15 +109,20 @@ def test_driver_killed_with_sigkill_resumes_with_every_trial_exactly_once(tmp_pa
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         env=env,
+        start_new_session=True,  # so the embedded Ray it started can be cleaned up after the crash
     )
     deadline = time.time() + 240
     while time.time() < deadline and not list(results.glob("part-*.parquet")):
         time.sleep(0.2)
-    driver.send_signal(signal.SIGKILL)
+    driver.send_signal(signal.SIGKILL)  # the driver alone dies, as in a crash; its Ray is orphaned
     driver.wait(timeout=30)
     stored_before = {p.name for p in results.glob("part-*.parquet")}
     assert 1 <= len(stored_before) < 4, "the driver should be killed mid-grid"
 
+    try:
+        os.killpg(driver.pid, signal.SIGKILL)  # the orphans would hold Ray's default agent ports for later tests
+    except ProcessLookupError:
+        pass
     rerun = cli("run", str(grid), "--results", str(results))
     assert rerun.returncode == 0, rerun.stderr
     assert f"{len(stored_before)} of 4 trials already stored" in rerun.stderr

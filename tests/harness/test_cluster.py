@@ -58,9 +58,16 @@ def grid(tmp_path: Path, name: str, attentions: str, *, seeds="[0]", steps=20, r
 @contextmanager
 def ray_node(*args: str, log: Path):
     """`ray start ... --block` in its own session, so killing the session kills the node and its workers."""
+    # Free ports for the per-node agents: their fixed defaults may still be held by a Ray that another test killed.
+    agent_ports = [
+        f"--dashboard-agent-listen-port={free_port()}",
+        f"--dashboard-agent-grpc-port={free_port()}",
+        f"--runtime-env-agent-port={free_port()}",
+        f"--metrics-export-port={free_port()}",
+    ]
     with open(log, "w") as out:
         node = subprocess.Popen(
-            [str(BIN / "ray"), "start", "--block", "--node-ip-address=127.0.0.1", *args],
+            [str(BIN / "ray"), "start", "--block", "--node-ip-address=127.0.0.1", *agent_ports, *args],
             stdout=out,
             stderr=subprocess.STDOUT,
             env=cluster_env(),
@@ -291,3 +298,16 @@ def test_dead_workers_are_retried_then_stored_as_failed_and_the_grid_goes_on(tmp
     assert frame.loc["oom", "status"] == "failed" and "MemoryError: cannot allocate" in frame.loc["oom", "error"]
     assert frame.loc["dying", "status"] == "failed" and "died" in frame.loc["dying", "error"].lower()
     assert attempts.read_text().count("attempt") == 2  # the first try and max_retries = 1 retry
+
+
+@pytest.mark.skipif(
+    not __import__("torch").cuda.is_available() or __import__("torch").cuda.device_count() < 2,
+    reason="needs 2 GPUs (the CPU path is test_two_worker_trial_matches_one_worker_with_the_same_global_batch)",
+)
+def test_two_gpu_workers_train_one_trial(tmp_path):
+    path = grid(tmp_path, "gpu2", "{local: {block_size: 4}}", steps=20, resources="{workers: 2, gpus: 1}")
+    store = ResultStore(tmp_path / "results")
+    summary = run_grid(load_trials(path)[1], store)
+    assert len(summary.ok) == 1
+    frame = store.read()
+    assert (frame["device"] == "cuda").all() and (frame["world_size"] == 2).all()

@@ -76,3 +76,15 @@ def test_peak_memory_sees_a_planted_square_allocation():
     _, base = measure_peak(lambda: attention(False))
     _, planted = measure_peak(lambda: attention(True))
     assert planted - base >= 256 * 256 * 4
+
+
+@pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs CUDA (the CPU path is test_trial_trains_and_reports_everything)"
+)
+def test_gpu_trial_trains_on_cuda_in_bf16_over_nccl():
+    config = trial("local", {"block_size": 4}, steps=20)
+    config["resources"]["gpus"] = 1
+    result = run_trial(config)
+    assert result.device == "cuda" and torch.distributed.get_backend() == "nccl"
+    assert result.peak_memory_bytes > 0
+    assert deepspeed_config(config["train"], world_size=1, bf16=True)["bf16"] == {"enabled": True}
