@@ -160,10 +160,13 @@ def run_trial(config: dict[str, Any]) -> TrialResult:
         timed_seconds += time.perf_counter() - tick
         timed_tokens += tokens
     train_seconds = time.perf_counter() - started
+    trained = plugin_metrics(engine.module)  # plugin statistics of the last training step ...
 
     metrics = evaluate(engine.module, task, train["eval_batch_size"], device)
     metrics.append(("train", "loss", last_loss))
-    metrics.extend(("train", name, value) for name, value in plugin_metrics(engine.module).items())
+    metrics.extend(("train", name, value) for name, value in trained.items())
+    # ... and of the last evaluation batch (eval mode: e.g. sbm's deterministic graph)
+    metrics.extend(("eval", name, value) for name, value in plugin_metrics(engine.module).items())
     return TrialResult(
         metrics=metrics,
         peak_memory_bytes=int(peak),

@@ -88,3 +88,10 @@ def test_gpu_trial_trains_on_cuda_in_bf16_over_nccl():
     assert result.device == "cuda" and torch.distributed.get_backend() == "nccl"
     assert result.peak_memory_bytes > 0
     assert deepspeed_config(config["train"], world_size=1, bf16=True)["bf16"] == {"enabled": True}
+
+
+def test_plugin_statistics_are_stored_for_training_and_evaluation():
+    result = run_trial(trial("sbm", {"clusters": 2}, steps=4))
+    fractions = {split: value for split, name, value in result.metrics if name == "edge_fraction"}
+    assert set(fractions) == {"train", "eval"}
+    assert all(0.0 < value <= 1.0 for value in fractions.values())
