@@ -14,6 +14,16 @@ from pathlib import Path
 from typing import Any, get_type_hints
 
 
+def require_int(owner: str, field: str, value: Any, minimum: int = 1, *, optional: bool = False) -> None:
+    """Raise ``ValueError`` naming ``owner`` and ``field`` unless ``value`` is an int >= ``minimum`` (bools are not
+    ints here; ``None`` passes when ``optional``). The one check behind every plugin's integer parameters."""
+    if optional and value is None:
+        return
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        want = "a positive int" if minimum == 1 else f"an int >= {minimum}"
+        raise ValueError(f"{owner}: {field} must be {want}, got {value!r}")
+
+
 class Registry:
     """Name -> class for one kind of plugin (``kind`` is used in messages: "attention", "task")."""
 
@@ -84,15 +94,26 @@ class Registry:
         return self._classes[name]
 
     def parameters(self, name: str) -> dict[str, inspect.Parameter]:
-        """The plugin's own keyword parameters (common ones excluded), annotations resolved."""
-        cls = self.get(name)
-        hints = get_type_hints(cls.__init__)
-        own = {}
-        for param in list(inspect.signature(cls.__init__).parameters.values())[1:]:
-            if param.kind in (param.VAR_KEYWORD, param.VAR_POSITIONAL) or param.name in self.common:
+        """The plugin's own keyword parameters (common ones excluded), annotations resolved.
+
+        A subclass whose ``__init__`` forwards ``**kwargs`` to its parent takes the parent's keywords too (sortcut
+        adds ``budget`` to sinkhorn's), so it declares only what it adds.
+        """
+        levels: list[dict[str, inspect.Parameter]] = []
+        for klass in self.get(name).__mro__:
+            init = klass.__dict__.get("__init__")
+            if init is None:
                 continue
-            own[param.name] = param.replace(annotation=hints.get(param.name, param.annotation))
-        return own
+            hints, found, forwards = get_type_hints(init), {}, False
+            for param in list(inspect.signature(init).parameters.values())[1:]:
+                if param.kind is param.VAR_KEYWORD:
+                    forwards = True
+                elif param.kind is not param.VAR_POSITIONAL and param.name not in self.common:
+                    found[param.name] = param.replace(annotation=hints.get(param.name, param.annotation))
+            levels.append(found)
+            if not forwards:
+                break
+        return {key: param for level in reversed(levels) for key, param in level.items()}  # parent's first
 
     def check_params(self, name: str, params: dict[str, Any]) -> None:
         """Raise ``ValueError`` naming any keyword the plugin does not take."""

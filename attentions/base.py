@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from attentions._registry import Registry
+from attentions._registry import Registry, require_int
 
 COMMON_PARAMS = ("heads", "head_dim", "max_len", "causal")
 ENTRY_POINT_GROUP = "attnbench.attentions"
@@ -39,8 +39,7 @@ class Attention(nn.Module):
     def __init__(self, *, heads: int, head_dim: int, max_len: int, causal: bool = False):
         super().__init__()
         for field, value in (("heads", heads), ("head_dim", head_dim), ("max_len", max_len)):
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ValueError(f"{self.name or type(self).__name__}: {field} must be a positive int, got {value!r}")
+            require_int(self.name or type(self).__name__, field, value)
         if causal and not self.supports_causal:
             raise ValueError(f"attention {self.name!r}: causal=True is refused: {self.causal_refusal}")
         self.heads, self.head_dim, self.max_len, self.causal = heads, head_dim, max_len, bool(causal)

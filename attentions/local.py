@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 
 from attentions._blocks import causal_block_mask, key_valid, masked_softmax, pad_length, to_blocks
+from attentions._registry import require_int
 from attentions.base import Attention, register_attention
 
 
@@ -19,8 +20,7 @@ class LocalAttention(Attention):
 
     def __init__(self, *, heads: int, head_dim: int, max_len: int, causal: bool = False, block_size: int = 32):
         super().__init__(heads=heads, head_dim=head_dim, max_len=max_len, causal=causal)
-        if not isinstance(block_size, int) or isinstance(block_size, bool) or block_size <= 0:
-            raise ValueError(f"local: block_size must be a positive int, got {block_size!r}")
+        require_int("local", "block_size", block_size)
         self.block_size = block_size
 
     def forward(self, q, k, v, padding_mask=None):

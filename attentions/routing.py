@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from attentions._blocks import key_valid, masked_softmax
+from attentions._registry import require_int
 from attentions.base import Attention, register_attention
 
 _BITS = 62  # cluster memberships packed per int64 word (kept clear of the sign bit)
@@ -71,9 +72,8 @@ class RoutingAttention(Attention):
         decay: float = 0.999,
     ):
         super().__init__(heads=heads, head_dim=head_dim, max_len=max_len, causal=causal)
-        for field, value in (("clusters", clusters), ("window", window)):
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ValueError(f"routing: {field} must be a positive int, got {value!r}")
+        require_int("routing", "clusters", clusters)
+        require_int("routing", "window", window)
         if isinstance(commitment, bool) or not isinstance(commitment, int | float) or not commitment >= 0:
             raise ValueError(f"routing: commitment must be a float >= 0, got {commitment!r}")
         if isinstance(decay, bool) or not isinstance(decay, int | float) or not 0 <= decay < 1:

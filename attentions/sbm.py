@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from attentions._blocks import key_valid
+from attentions._registry import require_int
 from attentions.base import Attention, register_attention
 
 
@@ -46,8 +47,7 @@ class SBMAttention(Attention):
         density: float = 1e-2,
     ):
         super().__init__(heads=heads, head_dim=head_dim, max_len=max_len, causal=causal)
-        if not isinstance(clusters, int) or isinstance(clusters, bool) or clusters <= 0:
-            raise ValueError(f"sbm: clusters must be a positive int, got {clusters!r}")
+        require_int("sbm", "clusters", clusters)
         if isinstance(density, bool) or not isinstance(density, int | float) or not density >= 0:
             raise ValueError(f"sbm: density must be a float >= 0, got {density!r}")
         self.clusters, self.density = clusters, float(density)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import torch
 
 from attentions._blocks import key_valid
+from attentions._registry import require_int
 from attentions._sinkhorn_ops import log_sinkhorn
 from attentions.base import Attention, register_attention
 
@@ -32,8 +33,7 @@ class SinkformerAttention(Attention):
 
     def __init__(self, *, heads: int, head_dim: int, max_len: int, causal: bool = False, iterations: int = 3):
         super().__init__(heads=heads, head_dim=head_dim, max_len=max_len, causal=causal)
-        if not isinstance(iterations, int) or isinstance(iterations, bool) or iterations < 1:
-            raise ValueError(f"sinkformer: iterations must be an int >= 1, got {iterations!r}")
+        require_int("sinkformer", "iterations", iterations)
         self.iterations = iterations
 
     def attention_matrix(

@@ -24,11 +24,14 @@ attention and is O(L^2) time like ``vanilla``.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 
 from attentions._block_attention import sinkhorn_block_attention
 from attentions._blocks import causal_block_mask, key_valid, pad_length, to_blocks
+from attentions._registry import require_int
 from attentions._sinkhorn_ops import log_sinkhorn
 from attentions._sortnet import SortNet, SortNetKind, gumbel_like
 from attentions.base import Attention, register_attention
@@ -49,15 +52,6 @@ def sort_blocks(sort: torch.Tensor, blocks: torch.Tensor) -> torch.Tensor:
 def sorted_slot_valid(sort: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     """(B, H, n', b) bool: slot s of sorted block i holds some real token (a row with no mass holds nothing)."""
     return torch.einsum("bhij,bjs->bhis", sort.detach().float(), valid.float()) > 0
-
-
-def _check(name: str, field: str, ok: bool, value: object, want: str) -> None:
-    if not ok:
-        raise ValueError(f"{name}: {field} must be {want}, got {value!r}")
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 @register_attention("sinkhorn")
@@ -83,11 +77,12 @@ class SinkhornAttention(Attention):
     ):
         super().__init__(heads=heads, head_dim=head_dim, max_len=max_len, causal=causal)
         name = self.name or type(self).__name__
-        _check(name, "block_size", _is_int(block_size) and block_size > 0, block_size, "a positive int")
-        ok = isinstance(temperature, int | float) and not isinstance(temperature, bool) and temperature > 0
-        _check(name, "temperature", ok, temperature, "a number > 0")
-        _check(name, "iterations", _is_int(iterations) and iterations >= 0, iterations, "an int >= 0")
-        _check(name, "gumbel", isinstance(gumbel, bool), gumbel, "a bool")
+        require_int(name, "block_size", block_size)
+        require_int(name, "iterations", iterations, minimum=0)
+        if isinstance(temperature, bool) or not isinstance(temperature, int | float) or not temperature > 0:
+            raise ValueError(f"{name}: temperature must be a number > 0, got {temperature!r}")
+        if not isinstance(gumbel, bool):
+            raise ValueError(f"{name}: gumbel must be a bool, got {gumbel!r}")
         self.block_size, self.iterations, self.gumbel = block_size, iterations, gumbel
         self.temperature = float(temperature)
         self.max_blocks = -(-max_len // block_size)
@@ -163,33 +158,14 @@ class SortCutAttention(SinkhornAttention):
         "query would read future tokens (the paper restricts it to the encoder, section 3.4)"
     )
 
-    def __init__(
-        self,
-        *,
-        heads: int,
-        head_dim: int,
-        max_len: int,
-        causal: bool = False,
-        block_size: int = 32,
-        temperature: float = 0.75,
-        iterations: int = 5,
-        sortnet: SortNetKind = "linear",
-        gumbel: bool = True,
-        budget: int = 2,
-    ):
-        super().__init__(
-            heads=heads,
-            head_dim=head_dim,
-            max_len=max_len,
-            causal=causal,
-            block_size=block_size,
-            temperature=temperature,
-            iterations=iterations,
-            sortnet=sortnet,
-            gumbel=gumbel,
-        )
-        ok = _is_int(budget) and 1 <= budget <= self.max_blocks
-        _check(self.name, "budget", ok, budget, f"an int in [1, ceil(max_len / block_size) = {self.max_blocks}]")
+    def __init__(self, *, budget: int = 2, **params: Any):
+        super().__init__(**params)
+        require_int(self.name, "budget", budget)
+        if budget > self.max_blocks:
+            raise ValueError(
+                f"{self.name}: budget must be an int in [1, ceil(max_len / block_size) = {self.max_blocks}], "
+                f"got {budget!r}"
+            )
         self.budget = budget
 
     def forward(self, q, k, v, padding_mask=None):
@@ -214,31 +190,11 @@ class SinkhornMixtureAttention(SinkhornAttention):
 
     linear_memory = False  # its dense half is quadratic in theory (linear only where SDPA runs a flash kernel)
 
-    def __init__(
-        self,
-        *,
-        heads: int,
-        head_dim: int,
-        max_len: int,
-        causal: bool = False,
-        block_size: int = 32,
-        temperature: float = 0.75,
-        iterations: int = 5,
-        sortnet: SortNetKind = "linear",
-        gumbel: bool = True,
-    ):
-        super().__init__(
-            heads=heads,
-            head_dim=head_dim,
-            max_len=max_len,
-            causal=causal,
-            block_size=block_size,
-            temperature=temperature,
-            iterations=iterations,
-            sortnet=sortnet,
-            gumbel=gumbel,
+    def __init__(self, **params: Any):
+        super().__init__(**params)
+        self.dense = VanillaAttention(
+            heads=self.heads, head_dim=self.head_dim, max_len=self.max_len, causal=self.causal
         )
-        self.dense = VanillaAttention(heads=heads, head_dim=head_dim, max_len=max_len, causal=causal)
 
     def forward(self, q, k, v, padding_mask=None):
         return super().forward(q, k, v, padding_mask) + self.dense(q, k, v, padding_mask=padding_mask)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from attentions._blocks import causal_block_mask, key_valid, masked_softmax, pad_length, to_blocks
+from attentions._registry import require_int
 from attentions.base import Attention, register_attention
 
 
@@ -29,8 +30,7 @@ class SparseAttention(Attention):
         stride: int = 4,
     ):
         super().__init__(heads=heads, head_dim=head_dim, max_len=max_len, causal=causal)
-        if not isinstance(block_size, int) or isinstance(block_size, bool) or block_size <= 0:
-            raise ValueError(f"sparse: block_size must be a positive int, got {block_size!r}")
+        require_int("sparse", "block_size", block_size)
         if not isinstance(stride, int) or isinstance(stride, bool) or not 0 < stride <= block_size:
             raise ValueError(f"sparse: stride must be an int in [1, block_size={block_size}], got {stride!r}")
         self.block_size, self.stride = block_size, stride

@@ -10,7 +10,7 @@ which its cost matters: Gumbel noise, saved activations). Three figures per (att
   keeps per layer between its forward and backward (``torch.autograd.graph.saved_tensors_hooks``).
 
 Peers (code outside the registry, e.g. a public implementation) join with ``extra={"name": factory}`` where
-``factory(length)`` returns a module taking (q, k, v). ``fit_exponent`` gives the growth order of a column in length.
+``factory(length)`` returns a module taking (q, k, v). ``harness.stats.fit_exponent`` gives a column's growth order.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-import math
 import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -188,19 +187,6 @@ def sweep(
                     )
                 )
     return rows
-
-
-def fit_exponent(lengths: Sequence[float], values: Sequence[float]) -> float:
-    """Least-squares slope of log(value) against log(length): ~1 for linear growth, ~2 for quadratic."""
-    if len(lengths) != len(values) or len(lengths) < 2:
-        raise ValueError("fit_exponent needs at least two (length, value) pairs of equal count")
-    xs = [math.log(x) for x in lengths]
-    ys = [math.log(y) for y in values]
-    mx, my = statistics.fmean(xs), statistics.fmean(ys)
-    sxx = sum((x - mx) ** 2 for x in xs)
-    if sxx == 0:
-        raise ValueError("fit_exponent needs at least two distinct lengths")
-    return sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sxx
 
 
 def store_sweep(store_dir: str | Path, rows: Sequence[dict[str, Any]], config: dict[str, Any]) -> int:

@@ -100,7 +100,7 @@ def _bench(args: argparse.Namespace, console: Console) -> int:
     rows = []
     for name in names:  # one plugin at a time, so progress shows
         with console.status(f"measuring {name}"):
-            rows += bench.sweep(
+            measured = bench.sweep(
                 [name],
                 args.lengths,
                 heads=args.heads,
@@ -108,7 +108,8 @@ def _bench(args: argparse.Namespace, console: Console) -> int:
                 block_size=args.block_size,
                 repeats=args.repeats,
             )
-        for row in rows[-len(args.lengths) * len(bench.default_configs()) :]:
+        rows += measured
+        for row in measured:
             console.print(
                 f"  {name:<18} L={row['length']:<6} {row['device']:<5} {row['seconds_min'] * 1e3:9.2f} ms  "
                 f"peak {row['peak_memory_bytes'] / 2**20:9.2f} MiB  saved {row['saved_bytes'] / 2**20:9.2f} MiB",

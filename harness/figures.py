@@ -11,13 +11,13 @@ import base64
 import io
 import math
 
-import numpy as np
 import pandas as pd
 import seaborn as sns
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from harness.labels import METRIC_LABEL, SPEED_TASK, attention_label, context_captions, fmt, mean_ci, parse_json, scaled
+from harness.stats import fit_exponent
 from harness.tables import headline_values
 
 
@@ -169,7 +169,7 @@ def speed_figure(frame: pd.DataFrame) -> dict | None:
         slope = {"label": label, "device": device}
         for column, _ in quantities:
             valid = part[part[column].notna() & (part[column] > 0)]
-            fit = np.polyfit(np.log(valid["length"]), np.log(valid[column]), 1)[0] if len(valid) >= 2 else None
+            fit = fit_exponent(valid["length"].tolist(), valid[column].tolist()) if len(valid) >= 2 else None
             slope[column] = "–" if fit is None else f"{fit:.2f}"
         slopes.append(slope)
     points = [

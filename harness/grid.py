@@ -118,10 +118,11 @@ def shipped_grids() -> list[str]:
     return sorted(str(p.relative_to(GRIDS_DIR).with_suffix("")) for p in GRIDS_DIR.rglob("*.yaml"))
 
 
-def _merge(base: dict, override: dict) -> dict:
+def deep_merge(base: dict, override: dict) -> dict:
+    """``override`` wins key by key; nested mappings are merged, not replaced (grid includes, DeepSpeed sections)."""
     out = dict(base)
     for key, value in override.items():
-        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+        out[key] = deep_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
     return out
 
 
@@ -141,7 +142,7 @@ def _read_yaml(path: Path, chain: tuple[Path, ...] = ()) -> dict[str, Any]:
         return data
     if not isinstance(include, str):
         raise GridError(f"{path}: include: must be a file path, got {include!r}")
-    return _merge(_read_yaml(path.parent / include, chain + (path.resolve(),)), data)
+    return deep_merge(_read_yaml(path.parent / include, chain + (path.resolve(),)), data)
 
 
 def _where(loc: tuple) -> str:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import attentions
-from harness.bench import fit_exponent
+from harness.stats import fit_exponent
 
 REFERENCE = "vanilla"
 MAX_LINEAR_EXPONENT = 1.3

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 import tasks
+from harness.grid import deep_merge
 from harness.memory import measure_peak
 from harness.metrics import evaluate
 from harness.model import ModelConfig, Transformer
@@ -59,13 +60,6 @@ def init_distributed(backend: str) -> None:
     deepspeed.init_distributed(dist_backend=backend, verbose=False)
 
 
-def _merge(base: dict, override: dict) -> dict:
-    out = dict(base)
-    for key, value in override.items():
-        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-    return out
-
-
 def deepspeed_config(train: dict[str, Any], world_size: int, bf16: bool) -> dict[str, Any]:
     """Defaults for one trial; the grid's ``train.deepspeed`` wins on every key it sets."""
     if train["batch_size"] % world_size:
@@ -80,7 +74,7 @@ def deepspeed_config(train: dict[str, Any], world_size: int, bf16: bool) -> dict
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
     }
-    return _merge(config, train.get("deepspeed") or {})
+    return deep_merge(config, train.get("deepspeed") or {})
 
 
 def _schedule(train: dict[str, Any]):

@@ -13,15 +13,11 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from attentions._registry import require_int
 from tasks._text import BYTE_VOCAB, SEP_ID, Labelled, byte_ids, encode, step_rng, train_tokenizer
 from tasks.base import Batch, ModelSize, Task, TaskSpec
 
 Examples = dict[str, tuple[list[Any], list[int]]]  # split -> (examples, labels)
-
-
-def _positive(task: str, field: str, value: Any) -> None:
-    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value <= 0):
-        raise ValueError(f"task {task!r}: {field} must be a positive int, got {value!r}")
 
 
 class LabelledTask(Task):
@@ -29,33 +25,32 @@ class LabelledTask(Task):
     None), "eval": eval examples per split or None, "model": ModelSize}."""
 
     SETTINGS: ClassVar[dict[str, dict[str, Any]]] = {}
+    num_classes: int = 2  # a class value (nli: 3) or, for classify, a parameter set before this __init__ runs
 
     def __init__(
         self,
         *,
-        scale: str,
-        seed: int,
-        data: str | None,
-        level: str,
-        max_tokens: int | None,
-        vocab_size: int | None,
-        eval_examples: int | None,
-        num_classes: int,
+        scale: str = "smoke",
+        seed: int = 0,
+        data: str | None = None,
+        level: str = "word",
+        max_tokens: int | None = None,
+        vocab_size: int | None = None,
+        eval_examples: int | None = None,
     ):
         super().__init__(scale=scale, seed=seed)
         if level not in ("word", "char"):
             raise ValueError(f"task {self.name!r}: level must be 'word' or 'char', got {level!r}")
         settings = self.SETTINGS[scale]
         default_tokens, default_vocab = settings[level]
-        self.data, self.level, self.num_classes = data, level, num_classes
+        self.data, self.level = data, level
         self.max_tokens = max_tokens if max_tokens is not None else default_tokens
         self.vocab_size = vocab_size if vocab_size is not None else default_vocab
         self.eval_examples = eval_examples if eval_examples is not None else settings["eval"]
         self.model_size: ModelSize = settings["model"]
-        for field in ("max_tokens", "vocab_size", "eval_examples", "num_classes"):
-            _positive(self.name, field, getattr(self, field))
-        if num_classes < 2:
-            raise ValueError(f"task {self.name!r}: num_classes must be >= 2, got {num_classes}")
+        for field in ("max_tokens", "vocab_size", "eval_examples"):
+            require_int(f"task {self.name!r}", field, getattr(self, field), optional=True)
+        require_int(f"task {self.name!r}", "num_classes", self.num_classes, minimum=2)
         if level == "char" and vocab_size is not None:
             raise ValueError(f"task {self.name!r}: vocab_size applies to level='word' only (char level is bytes)")
         self.tokenizer = None

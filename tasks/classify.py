@@ -24,6 +24,7 @@ import csv
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 from tasks._labelled import Examples, LabelledTask
 from tasks._text import data_error, default_corpus, require_dir
@@ -135,28 +136,9 @@ class DocumentClassificationTask(LabelledTask):
 
     SETTINGS = SETTINGS
 
-    def __init__(
-        self,
-        *,
-        scale: str = "smoke",
-        seed: int = 0,
-        data: str | None = None,
-        level: str = "word",
-        max_tokens: int | None = None,
-        vocab_size: int | None = None,
-        eval_examples: int | None = None,
-        num_classes: int = 2,
-    ):
-        super().__init__(
-            scale=scale,
-            seed=seed,
-            data=data,
-            level=level,
-            max_tokens=max_tokens,
-            vocab_size=vocab_size,
-            eval_examples=eval_examples,
-            num_classes=num_classes,
-        )
+    def __init__(self, *, num_classes: int = 2, **params: Any):
+        self.num_classes = num_classes  # checked by LabelledTask with the rest
+        super().__init__(**params)
 
     def read(self) -> Examples:
         if self.data is None:

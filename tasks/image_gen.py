@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from attentions._registry import require_int
 from tasks._text import BYTE_OFFSET, data_error, require_dir, step_rng
 from tasks.base import BOS_ID, Batch, ModelSize, Task, TaskSpec, register_task
 
@@ -79,8 +80,7 @@ class ImageGenerationTask(Task):
         self.model_size, default_eval = SCALES[scale]
         self.data = data
         self.eval_images = eval_images if eval_images is not None else default_eval
-        if self.eval_images is not None and (not isinstance(self.eval_images, int) or self.eval_images <= 0):
-            raise ValueError(f"task 'image_gen': eval_images must be a positive int, got {self.eval_images!r}")
+        require_int("task 'image_gen'", "eval_images", self.eval_images, optional=True)
         self._train: np.ndarray | None = None
         self._test: np.ndarray | None = None
 

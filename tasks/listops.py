@@ -15,6 +15,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
+from attentions._registry import require_int
 from tasks._text import Labelled, step_rng
 from tasks.base import Batch, ModelSize, Task, TaskSpec, register_task
 
@@ -120,9 +121,7 @@ class ListOpsTask(Task):
         self.max_args = max_args if max_args is not None else d_args
         self.test_size = test_size if test_size is not None else d_test
         for field in ("min_length", "max_length", "max_depth", "max_args", "test_size"):
-            value = getattr(self, field)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ValueError(f"task 'listops': {field} must be a positive int, got {value!r}")
+            require_int("task 'listops'", field, getattr(self, field))
         if self.max_args < 2:
             raise ValueError(f"task 'listops': max_args must be >= 2, got {self.max_args}")
         if self.min_length > self.max_length:

@@ -18,11 +18,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
+from attentions._registry import require_int
 from tasks._text import (
     BYTE_VOCAB,
     byte_ids,
@@ -126,13 +127,13 @@ class _LanguageModelTask(Task):
     def __init__(
         self,
         *,
-        scale: str,
-        seed: int,
-        data: str | None,
-        size: str,
-        length: int | None,
-        max_sentences: int | None,
-        eval_tokens: int | None,
+        scale: str = "smoke",
+        seed: int = 0,
+        data: str | None = None,
+        size: str = "base",
+        length: int | None = None,
+        max_sentences: int | None = None,
+        eval_tokens: int | None = None,
     ):
         super().__init__(scale=scale, seed=seed)
         if size not in MODELS[scale]:
@@ -143,9 +144,7 @@ class _LanguageModelTask(Task):
         self.max_sentences = max_sentences if max_sentences is not None else settings[3]
         self.eval_tokens = eval_tokens if eval_tokens is not None else settings[4]
         for field in ("length", "max_sentences", "eval_tokens"):
-            value = getattr(self, field)
-            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value <= 0):
-                raise ValueError(f"task {self.name!r}: {field} must be a positive int, got {value!r}")
+            require_int(f"task {self.name!r}", field, getattr(self, field), optional=True)
         self._train: np.ndarray | None = None
         self._test: np.ndarray | None = None
 
@@ -207,27 +206,6 @@ class CharLanguageModelTask(_LanguageModelTask):
     metric = "bpc"
     level_index = 0
 
-    def __init__(
-        self,
-        *,
-        scale: str = "smoke",
-        seed: int = 0,
-        data: str | None = None,
-        size: str = "base",
-        length: int | None = None,
-        max_sentences: int | None = None,
-        eval_tokens: int | None = None,
-    ):
-        super().__init__(
-            scale=scale,
-            seed=seed,
-            data=data,
-            size=size,
-            length=length,
-            max_sentences=max_sentences,
-            eval_tokens=eval_tokens,
-        )
-
     def vocab(self) -> int:
         return BYTE_VOCAB
 
@@ -243,28 +221,9 @@ class SubwordLanguageModelTask(_LanguageModelTask):
     metric = "perplexity"
     level_index = 1
 
-    def __init__(
-        self,
-        *,
-        scale: str = "smoke",
-        seed: int = 0,
-        data: str | None = None,
-        size: str = "base",
-        length: int | None = None,
-        vocab_size: int | None = None,
-        max_sentences: int | None = None,
-        eval_tokens: int | None = None,
-    ):
-        super().__init__(
-            scale=scale,
-            seed=seed,
-            data=data,
-            size=size,
-            length=length,
-            max_sentences=max_sentences,
-            eval_tokens=eval_tokens,
-        )
-        self.vocab_size = vocab_size if vocab_size is not None else SETTINGS[scale][2]
+    def __init__(self, *, vocab_size: int | None = None, **params: Any):
+        super().__init__(**params)
+        self.vocab_size = vocab_size if vocab_size is not None else SETTINGS[self.scale][2]
         if not isinstance(self.vocab_size, int) or not 8 <= self.vocab_size < 2**16:
             raise ValueError(f"task 'lm_subword': vocab_size must be an int in [8, 65535], got {self.vocab_size!r}")
         self.tokenizer = None

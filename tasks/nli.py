@@ -121,27 +121,7 @@ class NaturalLanguageInferenceTask(LabelledTask):
 
     SETTINGS = SETTINGS
 
-    def __init__(
-        self,
-        *,
-        scale: str = "smoke",
-        seed: int = 0,
-        data: str | None = None,
-        level: str = "word",
-        max_tokens: int | None = None,
-        vocab_size: int | None = None,
-        eval_examples: int | None = None,
-    ):
-        super().__init__(
-            scale=scale,
-            seed=seed,
-            data=data,
-            level=level,
-            max_tokens=max_tokens,
-            vocab_size=vocab_size,
-            eval_examples=eval_examples,
-            num_classes=3,
-        )
+    num_classes = 3  # entailment, neutral, contradiction
 
     def read(self) -> Examples:
         return default_examples() if self.data is None else read_nli(self.data, self.name)

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 
 import torch
 
+from attentions._registry import require_int
 from tasks.base import Batch, ModelSize, Task, TaskSpec, register_task
 
 # scale -> (train length, symbols, train examples, test examples, model size)
@@ -41,14 +42,15 @@ class SortTask(Task):
     ):
         super().__init__(scale=scale, seed=seed)
         d_length, d_symbols, d_train, d_test, self.model_size = SCALES[scale]
-        self.length = length or d_length
-        self.eval_length = eval_length or 2 * self.length
-        self.symbols = symbols or d_symbols
-        self.train_size, self.test_size = train_size or d_train, test_size or d_test
-        for field in ("length", "eval_length", "symbols", "train_size", "test_size"):
-            value = getattr(self, field)
-            if not isinstance(value, int) or value <= 0:
-                raise ValueError(f"task 'sort': {field} must be a positive int, got {value!r}")
+        # `is None`, not `or`: an explicit 0 is an error, never a silent default
+        self.length = d_length if length is None else length
+        require_int("task 'sort'", "length", self.length)
+        self.eval_length = 2 * self.length if eval_length is None else eval_length
+        self.symbols = d_symbols if symbols is None else symbols
+        self.train_size = d_train if train_size is None else train_size
+        self.test_size = d_test if test_size is None else test_size
+        for field in ("eval_length", "symbols", "train_size", "test_size"):
+            require_int("task 'sort'", field, getattr(self, field))
         if self.eval_length < self.length:
             raise ValueError(f"task 'sort': eval_length={self.eval_length} is shorter than length={self.length}")
         self._train: torch.Tensor | None = None

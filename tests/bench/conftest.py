@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from harness.bench import fit_exponent
+from harness.stats import fit_exponent
 
 # (attention, length, device) -> row; filled by the benchmark tests in collection order, read by later tests and the
 # end-of-session summary.

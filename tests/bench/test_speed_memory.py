@@ -18,6 +18,7 @@ from torch import nn
 
 from harness import bench
 from harness.memory import measure_peak
+from harness.stats import fit_exponent
 
 # ATTNBENCH_BENCH_LENGTHS=256,512 gives a quick smoke run of the suite.
 LENGTHS = [int(n) for n in os.environ.get("ATTNBENCH_BENCH_LENGTHS", "1024,2048,4096,8192,16384").split(",")]
@@ -119,7 +120,7 @@ def check_targets(results: dict, length: int, device: str) -> None:
                 (r for (n, _, d), r in results.items() if n == name and d == device), key=lambda r: r["length"]
             )
             if len(rows) >= 3:
-                slope = bench.fit_exponent([r["length"] for r in rows], [r["peak_memory_bytes"] for r in rows])
+                slope = fit_exponent([r["length"] for r in rows], [r["peak_memory_bytes"] for r in rows])
                 if slope > 1.25:
                     failures.append(f"{name}: peak memory grows like L^{slope:.2f}, not linearly")
     assert not failures, f"sinkhorn at L={length} on {device}: " + "; ".join(failures)

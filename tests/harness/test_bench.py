@@ -6,14 +6,15 @@ import pytest
 import torch
 
 from harness import bench
+from harness.stats import fit_exponent
 
 
 def test_fit_exponent_recovers_known_orders():
     lengths = [256, 512, 1024, 2048]
-    assert bench.fit_exponent(lengths, [3.0 * n for n in lengths]) == pytest.approx(1.0)
-    assert bench.fit_exponent(lengths, [0.5 * n * n + 0 for n in lengths]) == pytest.approx(2.0)
+    assert fit_exponent(lengths, [3.0 * n for n in lengths]) == pytest.approx(1.0)
+    assert fit_exponent(lengths, [0.5 * n * n + 0 for n in lengths]) == pytest.approx(2.0)
     with pytest.raises(ValueError):
-        bench.fit_exponent([10], [1.0])
+        fit_exponent([10], [1.0])
 
 
 def test_sweep_rows_and_saved_bytes():
