@@ -18,8 +18,8 @@ EXIT_BAD_INPUT, EXIT_TRIALS_FAILED = 2, 1
 
 def _run(args: argparse.Namespace, console: Console) -> int:
     import attentions
-    from harness.grid import load_trials
-    from harness.scheduler import run_grid
+    from harness.running.grid import load_trials
+    from harness.running.scheduler import run_grid
     from harness.store import ResultStore
 
     for folder in args.plugins:
@@ -47,7 +47,7 @@ def _run(args: argparse.Namespace, console: Console) -> int:
 def _list(args: argparse.Namespace, console: Console) -> int:
     import attentions
     import tasks
-    from harness.grid import shipped_grids
+    from harness.running.grid import shipped_grids
 
     for folder in args.plugins:
         attentions.load_plugin_dir(folder)
@@ -66,7 +66,7 @@ def _list(args: argparse.Namespace, console: Console) -> int:
 
 
 def _report(args: argparse.Namespace, console: Console) -> int:
-    from harness.report import write_report
+    from harness.reporting.report import write_report
 
     path = write_report(args.results, args.out)
     console.print(f"report written to {path}")
@@ -77,7 +77,7 @@ def _bench(args: argparse.Namespace, console: Console) -> int:
     import datetime as dt
 
     import attentions
-    from harness import bench, regression
+    from harness.benchmarking import bench, regression
 
     for folder in args.plugins:
         attentions.load_plugin_dir(folder)

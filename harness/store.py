@@ -33,6 +33,7 @@ SCHEMA = pa.schema(
         ("split", pa.string()),
         ("metric", pa.string()),
         ("value", pa.float64()),
+        ("step", pa.int64()),  # training step of a periodic row (split val, train_smoothed); null on final rows
         ("length", pa.int64()),  # sequence length of a speed/memory measurement; null for trained trials
         ("peak_memory_bytes", pa.int64()),
         ("tokens_per_second", pa.float64()),
@@ -45,6 +46,9 @@ SCHEMA = pa.schema(
         ("finished_at", pa.timestamp("us", tz="UTC")),
         ("git_sha", pa.string()),
         ("versions", pa.string()),  # JSON: python, torch, ray, deepspeed, attnbench
+        ("resumed_from_step", pa.int64()),  # 0 when the trial never resumed from a checkpoint
+        ("selected_step", pa.int64()),  # the step whose checkpoint the final rows score (train.select)
+        ("data", pa.string()),  # JSON provenance of the data the trial used (Hub id and revision, path and hash, ...)
     ]
 )
 COLUMNS = SCHEMA.names

@@ -68,6 +68,14 @@ class Task:
     def train_batch(self, batch_size: int, step: int) -> Batch:
         raise NotImplementedError
 
+    def provenance(self) -> dict[str, Any]:
+        """Which data this task used, stored with every trial (column ``data``); valid after ``prepare()``.
+
+        Synthetic tasks say so; tasks with real data name the Hub id and revision, or the local path and a content
+        hash, or the embedded corpus by name and size.
+        """
+        return {"source": "generated", "task": self.name, "seed": self.seed}
+
     def eval_splits(self, batch_size: int) -> dict[str, Iterator[Batch]]:
         """Split name -> batches; every example of the split appears exactly once."""
         raise NotImplementedError

@@ -3,4 +3,4 @@ import os
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 # Sets Ray's environment (usage stats off, token auth on) before any test imports Ray, as the CLI does.
-import harness.scheduler  # noqa: E402,F401
+import harness.running.scheduler  # noqa: E402,F401

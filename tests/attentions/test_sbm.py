@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 import attentions
 from harness.model import ModelConfig, Transformer
-from harness.trainer import plugin_metrics
+from harness.running.trainer import plugin_metrics
 
 HEADS, DIM, MAX_LEN = 2, 8, 64
 

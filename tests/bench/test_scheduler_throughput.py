@@ -11,8 +11,8 @@ import textwrap
 
 import pandas as pd
 
-from harness.grid import load_trials
-from harness.scheduler import run_grid
+from harness.running.grid import load_trials
+from harness.running.scheduler import run_grid
 from harness.store import ResultStore
 
 TRIALS = 8

@@ -16,7 +16,7 @@ import pytest
 import torch
 from torch import nn
 
-from harness import bench
+from harness.benchmarking import bench
 from harness.memory import measure_peak
 from harness.stats import fit_exponent
 

@@ -1,11 +1,11 @@
-"""The sweep helpers of ``harness.bench`` (fast; the measurements themselves are in test_speed_memory.py)."""
+"""The sweep helpers of ``harness.benchmarking.bench`` (fast; the measurements are in test_speed_memory.py)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from harness import bench
+from harness.benchmarking import bench
 from harness.stats import fit_exponent
 
 

@@ -16,8 +16,8 @@ import pandas as pd
 import psutil
 import pytest
 
-from harness.grid import load_trials
-from harness.scheduler import connect, run_grid
+from harness.running.grid import load_trials
+from harness.running.scheduler import connect, run_grid
 from harness.store import ResultStore
 
 pytestmark = pytest.mark.slow

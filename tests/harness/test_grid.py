@@ -6,7 +6,7 @@ import textwrap
 
 import pytest
 
-from harness.grid import GridError, expand, load, load_trials
+from harness.running.grid import GridError, expand, load, load_trials
 
 BASE = """
 name: g

@@ -1,4 +1,4 @@
-"""harness.metrics on cases whose answer is known in closed form."""
+"""harness.running.metrics on cases whose answer is known in closed form."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 import tasks
-from harness.metrics import bits_per_token, evaluate, normalized_edit_distance, perplexity
+from harness.running.metrics import bits_per_token, evaluate, normalized_edit_distance, perplexity
 
 
 def test_uniform_over_256_values_is_8_bits_per_dim():

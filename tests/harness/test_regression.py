@@ -10,7 +10,7 @@ import torch
 import attentions
 from attentions.base import REGISTRY
 from attentions.local import LocalAttention
-from harness import bench, regression
+from harness.benchmarking import bench, regression
 from harness.cli import main
 
 BASELINE = Path(__file__).parents[1] / "bench" / "baseline.json"

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from harness import figures, paper, report
+from harness.reporting import figures, paper, report
 from harness.store import ResultStore, rows_for_trial
 
 T0 = datetime(2025, 1, 1, tzinfo=UTC)

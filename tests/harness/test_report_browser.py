@@ -14,7 +14,7 @@ import pytest
 from playwright.sync_api import sync_playwright
 from test_report import synthetic_store
 
-from harness import report
+from harness.reporting import report
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARGS = [

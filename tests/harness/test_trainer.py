@@ -8,9 +8,9 @@ import pytest
 import torch
 
 import tasks
-from harness.grid import Trial
 from harness.memory import measure_peak
-from harness.trainer import deepspeed_config, run_trial
+from harness.running.grid import Trial
+from harness.running.trainer import deepspeed_config, run_trial
 
 
 def trial(attention: str, params: dict, steps: int = 40, **train) -> dict:

@@ -148,8 +148,8 @@ def test_bad_parameters_are_refused(bad):
 def test_a_trial_reads_real_lm1b_shards_through_the_data_parameter(lm1b):
     import dataclasses
 
-    from harness.grid import Trial
-    from harness.trainer import run_trial
+    from harness.running.grid import Trial
+    from harness.running.trainer import run_trial
 
     params = {"data": str(lm1b), "length": 32}
     spec = tasks.build("lm_char", **params).spec

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from harness.grid import load_trials, shipped_grids
+from harness.running.grid import load_trials, shipped_grids
 
 PAPER = [g for g in shipped_grids() if g.startswith("paper/")]
 

@@ -14,8 +14,8 @@ import pytest
 import torch
 
 import tasks
-from harness.grid import Trial
-from harness.trainer import run_trial
+from harness.running.grid import Trial
+from harness.running.trainer import run_trial
 
 FAMILIES = {  # name -> task parameters of its smoke trial
     "lm_char": {},

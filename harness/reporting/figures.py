@@ -16,9 +16,18 @@ import seaborn as sns
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from harness.labels import METRIC_LABEL, SPEED_TASK, attention_label, context_captions, fmt, mean_ci, parse_json, scaled
+from harness.reporting.labels import (
+    METRIC_LABEL,
+    SPEED_TASK,
+    attention_label,
+    context_captions,
+    fmt,
+    mean_ci,
+    parse_json,
+    scaled,
+)
+from harness.reporting.tables import headline_values
 from harness.stats import fit_exponent
-from harness.tables import headline_values
 
 
 def _text(label: str) -> str:

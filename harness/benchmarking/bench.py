@@ -193,7 +193,7 @@ def store_sweep(store_dir: str | Path, rows: Sequence[dict[str, Any]], config: d
     """Write a sweep to the results store, one stored "trial" per (attention, length, device, dtype) of grid ``bench``,
     task ``speed_memory``: metrics ``seconds`` (median) and ``saved_bytes`` in split ``forward_backward``, the
     ``length`` and ``peak_memory_bytes`` columns set. ``config["run"]`` keeps runs apart. Returns the trial count."""
-    from harness.scheduler import git_sha, versions
+    from harness.provenance import git_sha, versions
 
     store, sha, found = ResultStore(store_dir), git_sha(), json.dumps(versions(), sort_keys=True)
     now = dt.datetime.now(dt.UTC)

@@ -12,19 +12,17 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-import platform
-import subprocess
 import time
 import traceback
 from dataclasses import asdict, dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from harness.grid import Trial
+from harness.provenance import git_sha, versions
+from harness.running.grid import Trial
 from harness.store import ResultStore, rows_for_trial
 
 LOCAL_HOST = "127.0.0.1"
@@ -50,32 +48,11 @@ def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
-def versions() -> dict[str, str]:
-    names = ("torch", "ray", "deepspeed", "attnbench")
-    found = {"python": platform.python_version()}
-    for name in names:
-        try:
-            found[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            found[name] = "unknown"
-    return found
-
-
-def git_sha() -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
-
-
 def execute_trial(config: dict[str, Any], plugin_dirs: list[str]) -> dict[str, Any]:
     """Body of the Ray task: run one trial, turning any exception into a failed result (never raises)."""
     import attentions
-    from harness.multiworker import run_multiworker
-    from harness.trainer import run_trial
+    from harness.running.multiworker import run_multiworker
+    from harness.running.trainer import run_trial
 
     started = _now()
     outcome: dict[str, Any] = {"result": None, "error": None, "versions": versions()}

@@ -1,4 +1,4 @@
-"""Speed and memory regression checks of a sweep (``harness.bench``) against a committed baseline.
+"""Speed and memory regression checks of a sweep (``harness.benchmarking.bench``) against a committed baseline.
 
 Machines are noisy and differ, so time is never compared in seconds: each plugin's time is divided by ``vanilla``'s
 time at the same length *in the same run*, and that ratio is compared with the baseline's ratio. Memory, which the

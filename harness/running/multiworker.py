@@ -17,7 +17,7 @@ def _train_loop(loop_config: dict[str, Any]) -> None:
     import torch.distributed as dist
 
     import attentions
-    from harness.trainer import run_trial
+    from harness.running.trainer import run_trial
 
     for folder in loop_config["plugin_dirs"]:
         attentions.load_plugin_dir(folder)

@@ -15,8 +15,17 @@ from typing import Any
 
 import pandas as pd
 
-from harness.labels import LOWER_IS_BETTER, METRIC_LABEL, PRETTY, attention_label, fmt, last_line, mean_ci, scaled
-from harness.paper import PaperColumn, PaperRow, Section, matches
+from harness.reporting.labels import (
+    LOWER_IS_BETTER,
+    METRIC_LABEL,
+    PRETTY,
+    attention_label,
+    fmt,
+    last_line,
+    mean_ci,
+    scaled,
+)
+from harness.reporting.paper import PaperColumn, PaperRow, Section, matches
 
 
 def _natural(label: str) -> tuple:

@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 import attentions
 import tasks
 
-GRIDS_DIR = Path(__file__).parent / "grids"
+GRIDS_DIR = Path(__file__).parent.parent / "grids"
 # Fields of a trial's config that cannot change its result, left out of the trial id.
 NOT_IN_ID = ("cpus", "max_retries")
 

@@ -16,11 +16,11 @@ from typing import Any
 import pandas as pd
 from jinja2 import Environment, PackageLoader, select_autoescape
 
-from harness import figures
-from harness.labels import LM_TASKS, SPEED_TASK, context_captions, last_line, trial_info
-from harness.paper import Section, load_sections
+from harness.reporting import figures
+from harness.reporting.labels import LM_TASKS, SPEED_TASK, context_captions, last_line, trial_info
+from harness.reporting.paper import Section, load_sections
+from harness.reporting.tables import build_table
 from harness.store import ResultStore
-from harness.tables import build_table
 
 
 def slug(text: Any) -> str:
@@ -158,7 +158,7 @@ def _appendix(trials: pd.DataFrame) -> list[dict]:
 
 
 def _environment() -> Environment:
-    env = Environment(loader=PackageLoader("harness", "templates"), autoescape=select_autoescape(["html"]))
+    env = Environment(loader=PackageLoader("harness.reporting", "templates"), autoescape=select_autoescape(["html"]))
     env.filters["slug"] = slug
     return env
 

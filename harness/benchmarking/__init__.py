@@ -1,0 +1,1 @@
+"""Benchmarking: speed and memory sweeps of the plugins and the regression gate against a committed baseline."""
