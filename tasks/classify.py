@@ -9,6 +9,13 @@ Real data (``data``, detected from the layout):
 * SST (binary, GLUE SST-2 layout): ``train`` and ``dev`` files, each either ``.tsv`` (a header with ``sentence`` and
   ``label`` columns, tab separated) or ``.jsonl`` (objects with ``sentence`` or ``text`` and an integer ``label``).
   Splits: train, dev (GLUE's test file has no labels and is not read).
+* ``hf:ID``: ``stanfordnlp/imdb`` (``text``, ``label``; train, test; ``unsupervised`` skipped) or
+  ``stanfordnlp/sst2`` (``sentence``, ``label``; train, validation read as dev: its test labels are -1), or a local
+  folder in the Hub's Parquet layout (see ``tasks._labelled.read_hub``).
+
+Validation (``val``): neither IMDb nor SST-2 has one besides the split that stands for test (SST's dev), so ``val`` is
+carved from the training split (``tasks._labelled.carve_val``: at most 64 / 1,000 / 2,000 examples at smoke / small /
+paper, never a text of train or test).
 
 Embedded default (offline), derived from real text: passages of the Python reference-manual topics (see
 ``tasks._text``: 57 topics once repeated sentences are removed), each a run of consecutive sentences of one topic up to
@@ -26,7 +33,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-from tasks._labelled import Examples, LabelledTask
+from tasks._hub import hub_id, path_provenance
+from tasks._labelled import Examples, LabelledTask, read_hub
 from tasks._text import data_error, default_corpus, require_dir
 from tasks.base import ModelSize, register_task
 
@@ -141,14 +149,31 @@ class DocumentClassificationTask(LabelledTask):
         super().__init__(**params)
 
     def read(self) -> Examples:
+        hid = hub_id(self.data)
+        if hid is not None:
+            # IMDb: text, label (its unsupervised split skipped); SST-2: sentence, label (test unlabelled: dev is read)
+            examples, self._provenance = read_hub(self.name, hid, [("text",), ("sentence",)])
+            return examples
         if self.data is None:
-            return default_examples()
+            examples = default_examples()
+            chars = sum(len(t) for texts, _ in examples.values() for t in texts)
+            self._provenance = {"source": "embedded", "name": "pydoc_data.topics passages", "characters": chars}
+            return examples
         folder = require_dir(self.name, self.data, "an aclImdb folder or an SST folder")
         for root in (folder, folder / "aclImdb"):
             if (root / "train" / "pos").is_dir() or (root / "train" / "neg").is_dir():
-                return read_imdb(root, self.name)
+                examples = read_imdb(root, self.name)
+                files = [p for s in ("train", "test") for y in ("pos", "neg") for p in (root / s / y).glob("*.txt")]
+                self._provenance = path_provenance(root, files)
+                return examples
         if any((folder / f"train.{ext}").is_file() for ext in ("tsv", "jsonl")):
-            return read_sst(folder, self.name)
+            examples = read_sst(folder, self.name)
+            files = [
+                next(folder / f"{s}.{e}" for e in ("tsv", "jsonl") if (folder / f"{s}.{e}").is_file())
+                for s in ("train", "dev")
+            ]
+            self._provenance = path_provenance(folder, files)
+            return examples
         raise data_error(
             self.name, folder, "IMDb's aclImdb/{train,test}/{pos,neg}/*.txt or SST's train/dev .tsv/.jsonl"
         )

@@ -7,6 +7,12 @@ the first dimension is predicted too; bpd is the summed negative log-likelihood 
 (pickled dicts ``data_batch_1`` .. ``data_batch_5`` and ``test_batch`` with keys ``b'data'``, an (N, 3072) uint8 array
 in channel-major order, and ``b'labels'``).
 
+``data: "hf:ID"``: ``uoft-cs/cifar10`` (``img`` PNG images, ``label``; train, test) or a local folder in the Hub's
+Parquet layout; any RGB images of 32 x 32 do.
+
+Validation (``val``): CIFAR-10 has no validation split, so the last ``VAL_IMAGES[scale]`` training images (32 at smoke
+and small, 500 at paper) are the validation split and are not trained on; the same for the digits.
+
 Embedded default (offline): scikit-learn's bundled 8x8 handwritten digits (``sklearn.datasets.load_digits``, the
 UCI optical-recognition test set, 1797 images, 17 grey levels 0..16). Each level v is rescaled to the 256-way pixel
 scale as round(v * 255 / 16); images 0..1499 train, 1500..1796 test. Sequences are 64 dimensions long.
@@ -17,17 +23,21 @@ from __future__ import annotations
 import pickle
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from attentions._registry import require_int
+from tasks import _hub
+from tasks._hub import hub_id, path_provenance
 from tasks._text import BYTE_OFFSET, data_error, require_dir, step_rng
 from tasks.base import BOS_ID, Batch, ModelSize, Task, TaskSpec, register_task
 
 CIFAR_TRAIN = tuple(f"data_batch_{i}" for i in range(1, 6))
 CIFAR_TEST = "test_batch"
 DIGITS_TRAIN = 1500
+VAL_IMAGES = {"smoke": 32, "small": 32, "paper": 500}
 # scale -> (model, evaluation images; None = the whole test split). Paper: Tensor2Tensor "base" parameterisation.
 SCALES = {
     "smoke": (ModelSize(layers=2, dim=64, heads=4, mlp_dim=128), 64),
@@ -61,6 +71,20 @@ def read_cifar10(path: str | Path, task: str = "image_gen") -> tuple[np.ndarray,
     return train, _read_cifar_batch(folder / CIFAR_TEST, task)
 
 
+def read_hub_images(task: str, hid: str) -> tuple[np.ndarray, np.ndarray, dict]:
+    """(train, test, provenance) of ``hf:hid`` (memory-mapped Arrow; images decoded once into uint8 arrays)."""
+    loaded, provenance = _hub.load(task, hid)
+    arrays = []
+    for name in ("train", "test"):
+        dataset = _hub.split(task, hid, loaded, name)
+        _hub.columns(task, hid, dataset, ["img"])
+        pixels = np.stack([np.asarray(image.convert("RGB"), dtype=np.uint8) for image in dataset["img"]])
+        if pixels.shape[1:] != (32, 32, 3):
+            raise _hub.HubError(f"task {task!r}: data 'hf:{hid}': unreadable; images of 32x32 RGB expected")
+        arrays.append(pixels.reshape(len(pixels), 3072))  # (N, 32, 32, 3) is raster order, channels interleaved
+    return arrays[0], arrays[1], provenance
+
+
 def load_digits_pixels() -> tuple[np.ndarray, np.ndarray]:
     """(train, test) uint8 arrays of shape (N, 64) from scikit-learn's bundled digits, on the 0..255 scale."""
     from sklearn.datasets import load_digits
@@ -82,7 +106,9 @@ class ImageGenerationTask(Task):
         self.eval_images = eval_images if eval_images is not None else default_eval
         require_int("task 'image_gen'", "eval_images", self.eval_images, optional=True)
         self._train: np.ndarray | None = None
+        self._val: np.ndarray | None = None
         self._test: np.ndarray | None = None
+        self._provenance: dict[str, Any] = {}
 
     @property
     def dims(self) -> int:
@@ -96,9 +122,26 @@ class ImageGenerationTask(Task):
         )
 
     def prepare(self) -> None:
-        self._train, self._test = read_cifar10(self.data, self.name) if self.data else load_digits_pixels()
+        hid = hub_id(self.data)
+        if hid is not None:
+            train, self._test, self._provenance = read_hub_images(self.name, hid)
+        elif self.data:
+            train, self._test = read_cifar10(self.data, self.name)
+            folder = Path(self.data).expanduser()
+            folder = folder / "cifar-10-batches-py" if (folder / "cifar-10-batches-py").is_dir() else folder
+            self._provenance = path_provenance(folder, [folder / n for n in (*CIFAR_TRAIN, CIFAR_TEST)])
+        else:
+            train, self._test = load_digits_pixels()
+            self._provenance = {"source": "embedded", "name": "sklearn.datasets.load_digits", "images": 1797}
+        count = min(VAL_IMAGES[self.scale], len(train) // 10) or 1
+        if len(train) < 2:
+            raise ValueError(f"task 'image_gen': {len(train)} training images, too few to carve a validation split")
+        self._train, self._val = train[:-count], train[-count:]
         if self.eval_images is not None:
             self._test = self._test[: self.eval_images]
+
+    def provenance(self) -> dict[str, Any]:
+        return dict(self._provenance) if self._provenance else super().provenance()
 
     @staticmethod
     def _batch(pixels: np.ndarray) -> Batch:
@@ -114,5 +157,7 @@ class ImageGenerationTask(Task):
     def eval_splits(self, batch_size: int) -> dict[str, Iterator[Batch]]:
         if self._test is None:
             raise RuntimeError("task 'image_gen': call prepare() before eval_splits()")
-        test = self._test
-        return {"test": (self._batch(test[i : i + batch_size]) for i in range(0, len(test), batch_size))}
+        return {
+            name: (self._batch(pixels[i : i + batch_size]) for i in range(0, len(pixels), batch_size))
+            for name, pixels in (("val", self._val), ("test", self._test))
+        }

@@ -16,7 +16,8 @@ byte-pair-encoding model trained on the training sentences in ``prepare()`` (see
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from itertools import islice
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -24,6 +25,8 @@ import numpy as np
 import torch
 
 from attentions._registry import require_int
+from tasks import _corpus, _hub
+from tasks._hub import hub_id
 from tasks._text import (
     BYTE_VOCAB,
     byte_ids,
@@ -57,6 +60,8 @@ SETTINGS = {
     "small": (256, 128, 8_000, 1_000_000, 131_072),
     "paper": (1024, 256, 32_768, None, None),
 }
+# scale -> validation tokens: small enough to score every few hundred steps
+VAL_TOKENS = {"smoke": 2_048, "small": 16_384, "paper": 131_072}
 
 
 def _release_root(path: str | Path, task: str) -> Path:
@@ -73,9 +78,10 @@ def _shards(folder: Path, pattern: str, task: str) -> list[Path]:
     return shards
 
 
-def _read_lines(shards: list[Path], limit: int | None, task: str) -> list[str]:
+def _read_lines(shards: list[Path], limit: int | None, task: str) -> tuple[list[str], list[Path]]:
+    """(sentences, shards opened) of text shards in order, stopping after ``limit`` sentences."""
     lines: list[str] = []
-    for shard in shards:
+    for number, shard in enumerate(shards, start=1):
         try:
             with shard.open(encoding="utf-8") as handle:
                 for line in handle:
@@ -83,28 +89,43 @@ def _read_lines(shards: list[Path], limit: int | None, task: str) -> list[str]:
                     if line:
                         lines.append(line)
                         if limit is not None and len(lines) >= limit:
-                            return lines
+                            return lines, shards[:number]
         except UnicodeDecodeError:
             raise data_error(task, shard, "a UTF-8 text shard, one sentence per line") from None
     if not lines:
         raise data_error(task, shards[0].parent, "non-empty text shards, one sentence per line")
-    return lines
+    return lines, shards
 
 
-def read_lm1b(path: str | Path, max_sentences: int | None, task: str = "lm_char") -> tuple[list[str], list[str]]:
-    """(training sentences, test sentences) of an LM1B release folder; reads at most ``max_sentences`` for training."""
+def read_lm1b(
+    path: str | Path, max_sentences: int | None, task: str = "lm_char"
+) -> tuple[list[str], list[str], list[Path]]:
+    """(training sentences, test sentences, files read) of an LM1B release folder; reads at most ``max_sentences``
+    for training."""
     root = _release_root(path, task)
-    train = _read_lines(_shards(root / TRAIN_DIR, "news.en-*", task), max_sentences, task)
-    test = _read_lines(_shards(root / HELDOUT_DIR, "news.en.heldout-*", task)[:1], None, task)
-    return train, test
+    train, train_files = _read_lines(_shards(root / TRAIN_DIR, "news.en-*", task), max_sentences, task)
+    test, test_files = _read_lines(_shards(root / HELDOUT_DIR, "news.en.heldout-*", task)[:1], None, task)
+    return train, test, train_files + test_files
 
 
-def default_sentences() -> tuple[list[str], list[str]]:
-    """(training sentences, test sentences) of the embedded corpus, split by held-out topic."""
-    train, test = [], []
+def take_chars(texts: Iterable[str], chars: int | None) -> list[str]:
+    """Texts from the start of ``texts`` until they hold at least ``chars`` characters (None: all)."""
+    out, total = [], 0
+    for text in texts:  # stop right after the text that reaches ``chars``: an iterator loses nothing more
+        out.append(text)
+        total += len(text)
+        if chars is not None and total >= chars:
+            break
+    return out
+
+
+def default_sentences() -> tuple[list[str], list[str], list[str]]:
+    """(training, validation, test) sentences of the embedded reference-manual corpus, split by topic: every tenth
+    topic (index 9, 19, ...) is test, index 4, 14, ... validation."""
+    out: dict[str, list[str]] = {"train": [], "val": [], "test": []}
     for index, (_, heading, body) in enumerate(default_corpus()):
-        (test if held_out(index) else train).extend([heading, *body])
-    return train, test
+        out["test" if held_out(index) else "val" if index % 10 == 4 else "train"].extend([heading, *body])
+    return out["train"], out["val"], out["test"]
 
 
 def pack(sequences: list[np.ndarray]) -> np.ndarray:
@@ -123,6 +144,7 @@ class _LanguageModelTask(Task):
 
     metric: ClassVar[str] = ""
     level_index: ClassVar[int] = 0  # column of SETTINGS holding the sequence length
+    chars_per_token: ClassVar[int] = 1  # characters to read per token wanted (val and test caps)
 
     def __init__(
         self,
@@ -146,12 +168,13 @@ class _LanguageModelTask(Task):
         for field in ("length", "max_sentences", "eval_tokens"):
             require_int(f"task {self.name!r}", field, getattr(self, field), optional=True)
         self._train: np.ndarray | None = None
-        self._test: np.ndarray | None = None
+        self._held: dict[str, np.ndarray] = {}  # val, test
+        self._provenance: dict[str, Any] = {}
 
     def vocab(self) -> int:
         raise NotImplementedError
 
-    def _encode(self, train: list[str], test: list[str]) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    def _encode(self, splits: dict[str, list[str]]) -> dict[str, list[np.ndarray]]:
         raise NotImplementedError
 
     @property
@@ -160,18 +183,54 @@ class _LanguageModelTask(Task):
             kind="lm", vocab_size=self.vocab(), max_len=self.length, metrics=(self.metric,), model=self.model_size
         )
 
+    def _read(self) -> dict[str, list[str]]:
+        """split (train, val, test) -> sentences, and ``self._provenance``."""
+        val_chars = VAL_TOKENS[self.scale] * self.chars_per_token
+        hid = hub_id(self.data)
+        if hid is not None:
+            # Streaming: LM1B's 30M sentences are read in order and only as many as asked (see the README's numbers).
+            loaded, self._provenance = _hub.load(self.name, hid, streaming=True)
+            train, test = (_hub.split(self.name, hid, loaded, name) for name in ("train", "test"))
+            for dataset in (train, test):
+                _hub.columns(self.name, hid, dataset, ["text"])
+            lines = list(islice((row["text"].strip() for row in train if row["text"].strip()), self.max_sentences))
+            test_chars = None if self.eval_tokens is None else (self.eval_tokens + 1) * self.chars_per_token
+            held = take_chars((row["text"].strip() for row in test if row["text"].strip()), test_chars)
+        elif self.data:
+            lines, held, files = read_lm1b(self.data, self.max_sentences, self.name)
+            self._provenance = _hub.path_provenance(self.data, files)
+        if self.data:
+            # LM1B has no validation split: the first training sentences (at most a tenth of those read)
+            val = take_chars(lines[: max(1, len(lines) // 10)], val_chars)
+            return {"train": lines[len(val) :], "val": val, "test": held}
+        if self.scale == "smoke":
+            train, val, test = default_sentences()
+            chars = sum(len(t) for t in (*train, *val, *test))
+            self._provenance = {"source": "embedded", "name": "pydoc_data.topics", "characters": chars}
+        else:
+            parts = _corpus.splits()
+            train, val, test = parts["train"], parts["val"], parts["test"]
+            self._provenance = _corpus.provenance(sum(len(t) for t in (*train, *val, *test)))
+        if self.max_sentences is not None:
+            train = train[: self.max_sentences]
+        return {"train": train, "val": val, "test": test}
+
     def prepare(self) -> None:
-        train, test = read_lm1b(self.data, self.max_sentences, self.name) if self.data else default_sentences()
-        train_ids, test_ids = self._encode(train, test)
-        self._train, self._test = pack(train_ids), pack(test_ids)
-        if self.eval_tokens is not None:
-            self._test = self._test[: self.eval_tokens + 1]
-        for split, stream in (("training", self._train), ("test", self._test)):
+        streams = {name: pack(ids) for name, ids in self._encode(self._read()).items()}
+        caps = {"val": VAL_TOKENS[self.scale], "test": self.eval_tokens}
+        self._train = streams.pop("train")
+        self._held = {
+            name: stream if caps[name] is None else stream[: caps[name] + 1] for name, stream in streams.items()
+        }
+        for split, stream in (("training", self._train), *self._held.items()):
             if len(stream) < self.length + 1:
                 raise ValueError(
                     f"task {self.name!r}: the {split} text has {len(stream)} tokens, fewer than "
                     f"length + 1 = {self.length + 1}"
                 )
+
+    def provenance(self) -> dict[str, Any]:
+        return dict(self._provenance) if self._provenance else super().provenance()
 
     def train_batch(self, batch_size: int, step: int) -> Batch:
         if self._train is None:
@@ -181,9 +240,9 @@ class _LanguageModelTask(Task):
         return {"tokens": tokens, "mask": torch.ones_like(tokens, dtype=torch.bool)}
 
     def eval_splits(self, batch_size: int) -> dict[str, Iterator[Batch]]:
-        if self._test is None:
+        if not self._held:
             raise RuntimeError(f"task {self.name!r}: call prepare() before eval_splits()")
-        return {"test": self._windows(self._test, batch_size)}
+        return {name: self._windows(stream, batch_size) for name, stream in self._held.items()}
 
     def _windows(self, stream: np.ndarray, batch_size: int) -> Iterator[Batch]:
         starts = list(range(0, len(stream) - 1, self.length))
@@ -205,12 +264,13 @@ class CharLanguageModelTask(_LanguageModelTask):
 
     metric = "bpc"
     level_index = 0
+    chars_per_token = 1
 
     def vocab(self) -> int:
         return BYTE_VOCAB
 
-    def _encode(self, train, test):
-        return [byte_ids(s) for s in train], [byte_ids(s) for s in test]
+    def _encode(self, splits):
+        return {name: [byte_ids(s) for s in sentences] for name, sentences in splits.items()}
 
 
 @register_task("lm_subword")
@@ -220,6 +280,7 @@ class SubwordLanguageModelTask(_LanguageModelTask):
 
     metric = "perplexity"
     level_index = 1
+    chars_per_token = 8  # generous: word pieces of English average 4 to 5 characters
 
     def __init__(self, *, vocab_size: int | None = None, **params: Any):
         super().__init__(**params)
@@ -233,6 +294,6 @@ class SubwordLanguageModelTask(_LanguageModelTask):
         # so the spec is known before prepare() (grids validate without reading data).
         return self.vocab_size
 
-    def _encode(self, train, test):
-        self.tokenizer = train_tokenizer(train, self.vocab_size, "subword")
-        return encode(self.tokenizer, train), encode(self.tokenizer, test)
+    def _encode(self, splits):
+        self.tokenizer = train_tokenizer(splits["train"], self.vocab_size, "subword")
+        return {name: encode(self.tokenizer, sentences) for name, sentences in splits.items()}

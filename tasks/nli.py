@@ -9,6 +9,13 @@ Real data (``data``, detected from the file names): a folder (or its parent) hol
 * MultiNLI: ``multinli_1.0_train.jsonl``, ``multinli_1.0_dev_matched.jsonl``, ``multinli_1.0_dev_mismatched.jsonl``
   -> splits train, dev_matched, dev_mismatched (MultiNLI's test labels are not public).
 Each line is an object with ``gold_label``, ``sentence1`` (premise) and ``sentence2`` (hypothesis).
+* ``hf:ID``: ``stanfordnlp/snli`` or ``nyu-mll/multi_nli`` (``premise``, ``hypothesis``, ``label`` with the same
+  0/1/2; rows labelled -1 dropped; ``validation*`` read as ``dev*``, so MultiNLI reports ``dev_matched``), or a local
+  folder in the Hub's Parquet layout.
+
+Validation (``val``): SNLI's own dev split (its test split is the test); MultiNLI's two dev splits stand for its
+unpublished test, so there ``val`` is carved from training (``tasks._labelled.carve_val``). Scored on at most 64 /
+1,000 / 2,000 examples at smoke / small / paper. The embedded pairs carve ``val`` from training too.
 
 Embedded default (offline), derived from real text, and *not* inference: sentence pairs of the Python
 reference-manual topics (``tasks._text``). For a premise sentence the hypothesis is, with equal probability, the
@@ -24,7 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
-from tasks._labelled import Examples, LabelledTask
+from tasks._hub import hub_id, path_provenance
+from tasks._labelled import Examples, LabelledTask, read_hub
 from tasks._text import data_error, default_corpus, held_out, require_dir
 from tasks.base import ModelSize, register_task
 
@@ -71,8 +79,8 @@ def read_nli_file(path: Path, task: str = "nli") -> tuple[list[tuple[str, str]],
     return pairs, labels
 
 
-def read_nli(path: str | Path, task: str = "nli") -> Examples:
-    """split -> (pairs, labels) of an SNLI or MultiNLI folder."""
+def nli_files(path: str | Path, task: str = "nli") -> dict[str, Path]:
+    """split -> file of an SNLI or MultiNLI folder (or its parent)."""
     folder = require_dir(task, path, "the SNLI or MultiNLI jsonl files")
     for layout in LAYOUTS.values():
         for root in (folder, folder / "snli_1.0", folder / "multinli_1.0"):
@@ -80,9 +88,14 @@ def read_nli(path: str | Path, task: str = "nli") -> Examples:
                 missing = [name for name in layout.values() if not (root / name).is_file()]
                 if missing:
                     raise data_error(task, root, f"the files {', '.join(missing)} beside {layout['train']}")
-                return {split: read_nli_file(root / name, task) for split, name in layout.items()}
+                return {split: root / name for split, name in layout.items()}
     expected = " or ".join(f"{', '.join(layout.values())}" for layout in LAYOUTS.values())
     raise data_error(task, folder, expected)
+
+
+def read_nli(path: str | Path, task: str = "nli") -> Examples:
+    """split -> (pairs, labels) of an SNLI or MultiNLI folder."""
+    return {split: read_nli_file(file, task) for split, file in nli_files(path, task).items()}
 
 
 def default_examples() -> Examples:
@@ -124,7 +137,19 @@ class NaturalLanguageInferenceTask(LabelledTask):
     num_classes = 3  # entailment, neutral, contradiction
 
     def read(self) -> Examples:
-        return default_examples() if self.data is None else read_nli(self.data, self.name)
+        hid = hub_id(self.data)
+        if hid is not None:
+            examples, self._provenance = read_hub(self.name, hid, [("premise", "hypothesis")])
+        elif self.data is None:
+            examples = default_examples()
+            chars = sum(len(p) + len(h) for pairs, _ in examples.values() for p, h in pairs)
+            self._provenance = {"source": "embedded", "name": "pydoc_data.topics sentence pairs", "characters": chars}
+        else:
+            examples = read_nli(self.data, self.name)
+            self._provenance = path_provenance(self.data, nli_files(self.data, self.name).values())
+        if "dev" in examples and "test" in examples:  # SNLI: its own dev split is the validation split
+            examples["val"] = examples.pop("dev")
+        return examples
 
     def pieces(self, example: tuple[str, str]) -> tuple[str, str]:
         return example

@@ -41,7 +41,7 @@ def test_sst_tsv_and_jsonl_read_the_same(sst_tsv, sst_jsonl):
     assert tsv["train"] == (["a great movie", "dull , dull , dull", "great fun"], [1, 0, 1])
     task = tasks.build("classify", data=str(sst_tsv))
     task.prepare()
-    assert list(task.eval_splits(8)) == ["dev"]
+    assert list(task.eval_splits(8)) == ["dev", "val"]  # val is carved from train
 
 
 def test_capped_evaluation_still_sees_both_classes(aclimdb):
@@ -99,7 +99,7 @@ def test_sst_errors_name_file_and_line(sst_tsv, sst_jsonl):
 
 
 def test_labels_outside_the_classes_are_refused(sst_jsonl):
-    (sst_jsonl / "train.jsonl").write_text('{"sentence": "five stars", "label": 4}\n')
+    (sst_jsonl / "train.jsonl").write_text('{"sentence": "five stars", "label": 4}\n{"sentence": "one", "label": 0}\n')
     with pytest.raises(ValueError, match=r"labels \[4\] outside \[0, 2\)"):
         tasks.build("classify", data=str(sst_jsonl)).prepare()
     tasks.build("classify", data=str(sst_jsonl), num_classes=5).prepare()  # fine-grained SST

@@ -33,9 +33,14 @@ def lm1b(tmp_path: Path) -> Path:
 
 
 def test_reader_takes_training_shards_in_order_and_the_first_heldout_shard(lm1b):
-    train, test = read_lm1b(lm1b, max_sentences=None)
+    train, test, files = read_lm1b(lm1b, max_sentences=None)
     assert train == TRAIN_SENTENCES[0] + TRAIN_SENTENCES[1]
     assert test == HELDOUT_SENTENCES[0]
+    assert [f.name for f in files] == [
+        "news.en-00001-of-00100",
+        "news.en-00002-of-00100",
+        "news.en.heldout-00000-of-00050",
+    ]
     assert read_lm1b(lm1b, max_sentences=5)[0] == TRAIN_SENTENCES[0][:5]
     assert read_lm1b(lm1b.parent, max_sentences=1)[0] == TRAIN_SENTENCES[0][:1]  # the release's parent works too
 
@@ -45,9 +50,11 @@ def test_char_stream_is_bos_then_bytes_of_each_sentence(lm1b):
     task.prepare()
     stream = task._train.astype(np.int64)
     starts = np.flatnonzero(stream == BOS_ID)
-    assert len(starts) == sum(len(s) for s in TRAIN_SENTENCES)
+    val = task._read()["val"]  # the first training sentences, carved off for validation
+    assert val == TRAIN_SENTENCES[0][: len(val)] and 0 < len(val) <= 8
+    assert len(starts) == sum(len(s) for s in TRAIN_SENTENCES) - len(val)
     first = bytes((stream[starts[0] + 1 : starts[1]] - BYTE_OFFSET).tolist()).decode()
-    assert first == TRAIN_SENTENCES[0][0]
+    assert first == TRAIN_SENTENCES[0][len(val)]
     assert task.spec.vocab_size == 256 + BYTE_OFFSET and task.spec.metrics == ("bpc",)
 
 
@@ -60,7 +67,14 @@ def test_evaluation_scores_every_test_token_after_the_first_exactly_once(lm1b, n
         assert batch["tokens"].shape[1] <= task.spec.max_len + 1
         assert not (batch["tokens"][~batch["mask"]] != PAD_ID).any()
         targets.append(batch["tokens"][:, 1:][batch["mask"][:, 1:]])
-    assert torch.equal(torch.cat(targets), torch.from_numpy(task._test[1:].astype(np.int64)))
+    assert torch.equal(torch.cat(targets), torch.from_numpy(task._held["test"][1:].astype(np.int64)))
+
+
+def test_lm_val_of_a_release_folder_is_carved_from_training(lm1b):
+    task = tasks.build("lm_char", data=str(lm1b), length=16)
+    task.prepare()
+    splits = task._read()
+    assert splits["val"] and not set(splits["val"]) & (set(splits["train"]) | set(splits["test"]))
 
 
 def test_subword_tokenizer_is_trained_on_training_text_with_reserved_ids(lm1b):
@@ -77,7 +91,7 @@ def test_subword_tokenizer_is_trained_on_training_text_with_reserved_ids(lm1b):
 
 def test_subword_vocabulary_is_the_same_on_every_training():
     # WordPieceTrainer fails this (huggingface/tokenizers#1794): batches would change between runs of one seed.
-    train, _ = default_sentences()
+    train, _, _ = default_sentences()
     assert train_tokenizer(train, 1_000).to_str() == train_tokenizer(train, 1_000).to_str()
 
 
@@ -89,12 +103,13 @@ def test_paper_scale_matches_the_paper():
 
 
 def test_default_corpus_holds_out_whole_topics():
-    train, test = default_sentences()
-    assert len(train) > 2_000 and len(test) > 100
+    train, val, test = default_sentences()
+    assert len(train) > 1_800 and len(test) > 100 and len(val) > 100
     corpus = default_corpus()
     assert len(corpus) > 40 and sum(held_out(i) for i in range(len(corpus))) >= 4
     assert test == [s for i, (_, head, body) in enumerate(corpus) if held_out(i) for s in [head, *body]]
-    assert train == [s for i, (_, head, body) in enumerate(corpus) if not held_out(i) for s in [head, *body]]
+    assert val == [s for i, (_, head, body) in enumerate(corpus) if i % 10 == 4 for s in [head, *body]]
+    assert train == [s for i, (_, head, body) in enumerate(corpus) if i % 10 not in (4, 9) for s in [head, *body]]
     topics_of: dict[str, set[str]] = {}
     for name, _, body in corpus:
         for sentence in body:

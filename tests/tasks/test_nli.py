@@ -23,7 +23,7 @@ def test_mnli_splits_and_parent_folder(mnli):
     assert set(read_nli(mnli.parent)) == {"train", "dev_matched", "dev_mismatched"}
     task = tasks.build("nli", data=str(mnli))
     task.prepare()
-    assert list(task.eval_splits(4)) == ["dev_matched", "dev_mismatched"]
+    assert list(task.eval_splits(4)) == ["dev_matched", "dev_mismatched", "val"]  # val from train
     assert task.spec.num_classes == 3 and task.spec.metrics == ("accuracy",)
 
 
