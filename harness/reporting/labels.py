@@ -87,7 +87,8 @@ def dataset_name(data: Any) -> str:
     if data is None:
         return "embedded"
     path = str(data).lower()
-    for needle, name in (("imdb", "imdb"), ("sst", "sst"), ("multinli", "mnli"), ("mnli", "mnli"), ("snli", "snli")):
+    pairs = (("imdb", "imdb"), ("sst", "sst"), ("multinli", "mnli"), ("multi_nli", "mnli"), ("mnli", "mnli"))
+    for needle, name in (*pairs, ("snli", "snli")):
         if needle in path:
             return name
     return str(data).rstrip("/").rsplit("/", 1)[-1] or str(data)
@@ -158,6 +159,21 @@ def parse_json(text: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
+def data_caption(data: Any) -> str | None:
+    """The data a trial used, from the store's ``data`` column (JSON provenance); None when generated or unknown."""
+    info = parse_json(data)
+    source, size = info.get("source"), info.get("characters") or info.get("images")
+    if source == "hf":
+        revision = str(info.get("revision") or "")[:12]
+        return f"hf:{info.get('id')}" + (f"@{revision}" if revision else "")
+    if source == "path":
+        return f"{info.get('path')} (sha256 {str(info.get('sha256'))[:12]})"
+    if source == "embedded":
+        unit = "chars" if info.get("characters") else "images"
+        return f"{info.get('name')}" + (f" ({size:,} {unit})" if isinstance(size, int) else "")
+    return None
+
+
 def trial_info(frame: pd.DataFrame) -> pd.DataFrame:
     """One record per trial (ok or failed) with its parsed config, label, row attributes, setting and context."""
     records = []
@@ -167,6 +183,8 @@ def trial_info(frame: pd.DataFrame) -> pd.DataFrame:
         model = config.get("model") or {}
         tie_kv = bool(model.get("tie_kv", False))
         context = context_of(config)
+        if (data := data_caption(first.get("data"))) is not None:
+            context["data"] = data  # trials on different data are never pooled, and the setup line says which
         records.append(
             {
                 "trial_id": trial_id,
@@ -228,7 +246,7 @@ def context_captions(contexts: list[str]) -> dict[str, str]:
     flat = {c: flatten(json.loads(c)) for c in contexts}
     keys = {k for f in flat.values() for k in f}
     differing = {k for k in keys if len({json.dumps(f.get(k), default=str) for f in flat.values()}) > 1}
-    always = ["scale", "train.steps", "train.batch_size", "train.lr"]
+    always = ["data", "scale", "train.steps", "train.batch_size", "train.lr"]
     captions = {}
     for context, items in flat.items():
         shown = always + sorted(k for k in items if k.startswith("task_params.")) + sorted(differing - set(always))

@@ -512,6 +512,30 @@ def test_different_experiments_are_separate_tables_never_pooled(tmp_path):
     assert all(row(t, "Transformer")["cells"][0]["n"] == 1 for t in section["tables"])
 
 
+def test_setup_line_names_the_data_and_trials_on_other_data_are_not_pooled(tmp_path):
+    store = ResultStore(tmp_path)
+    provenance = [
+        {"source": "hf", "id": "stanfordnlp/imdb", "revision": "e6281661ce1c48d982bc483cf8a173c1bbeb5d31"},
+        {"source": "embedded", "name": "pydoc_data.topics passages", "characters": 123456},
+    ]
+    for seed, data in enumerate(provenance):
+        write(
+            store,
+            task="classify",
+            attention="vanilla",
+            params={},
+            seed=seed,
+            task_params={"data": "hf:stanfordnlp/imdb"},
+            metrics=[("test", "accuracy", 0.8)],
+            common={"data": json.dumps(data)},
+        )
+    (section,) = report.build_sections(store.read())
+    captions = sorted(t["caption"] for t in section["tables"])
+    assert len(captions) == 2
+    assert captions[0].startswith("data=hf:stanfordnlp/imdb@e6281661ce1c, scale=smoke")
+    assert captions[1].startswith("data=pydoc_data.topics passages (123,456 chars)")
+
+
 EVIL = "<script>alert(1)</script>"
 
 

@@ -26,6 +26,8 @@ def test_grid_loads_and_expands(grid):
     assert parsed.scale == scale
     if scale == "smoke":  # offline: embedded data only, a handful of steps
         assert all("data" not in t.task_params for t in trials) and parsed.train.steps <= 50
+    else:  # Hub ids, nothing to edit: `attnbench run paper/table6_small` works wherever the Hub is reachable
+        assert all(str(t.task_params.get("data", "hf:")).startswith("hf:") for t in trials)
 
 
 def test_paper_rows():
