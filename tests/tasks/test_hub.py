@@ -110,3 +110,41 @@ def test_unreachable_id_offline_fails_with_one_deterministic_line(name):
 def test_missing_local_folder_is_not_found(tmp_path):
     with pytest.raises(_hub.HubError, match=r"nowhere'.*(not found|unreachable)"):
         tasks.build("classify", data=f"hf:{tmp_path / 'nowhere'}").prepare()
+
+
+@pytest.mark.parametrize(("name", "fixture"), [("image_gen", "cifar"), ("classify", "aclimdb"), ("nli", "snli")])
+def test_local_release_provenance_hashes_the_content_read(request, name, fixture):
+    import os
+
+    folder = request.getfixturevalue(fixture)
+    task = tasks.build(name, data=str(folder))
+    task.prepare()
+    first = task.provenance()
+    assert first["source"] == "path" and first["path"] == str(folder.resolve()) and len(first["sha256"]) == 64
+    # Same names, sizes and times, one byte changed: the hash changes (it reads the content, not the metadata).
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and "unsup" not in str(p))
+    if name == "image_gen":  # a pixel in the middle of a pickled batch
+        victim = files[0]
+        data = bytearray(victim.read_bytes())
+        data[len(data) // 2] = (data[len(data) // 2] + 1) % 256
+    else:  # a letter of the prose
+        victim = next(p for p in files if b" a " in p.read_bytes())
+        data = bytearray(victim.read_bytes().replace(b" a ", b" A ", 1))
+    stat = victim.stat()
+    victim.write_bytes(bytes(data))
+    os.utime(victim, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    task = tasks.build(name, data=str(folder))
+    task.prepare()
+    assert task.provenance()["sha256"] != first["sha256"]
+
+
+def test_embedded_provenance_names_the_corpus_and_its_size():
+    task = tasks.build("lm_char")
+    task.prepare()
+    provenance = task.provenance()
+    assert provenance["source"] == "embedded" and provenance["name"] == "pydoc_data.topics"
+    assert 300_000 < provenance["characters"] < 600_000
+    digits = tasks.build("image_gen")
+    digits.prepare()
+    assert digits.provenance() == {"source": "embedded", "name": "sklearn.datasets.load_digits", "images": 1797}
+    assert tasks.build("sort").provenance()["source"] == "generated"
