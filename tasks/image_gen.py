@@ -13,9 +13,18 @@ Parquet layout; any RGB images of 32 x 32 do.
 Validation (``val``): CIFAR-10 has no validation split, so the last ``VAL_IMAGES[scale]`` training images (32 at smoke
 and small, 500 at paper) are the validation split and are not trained on; the same for the digits.
 
-Embedded default (offline): scikit-learn's bundled 8x8 handwritten digits (``sklearn.datasets.load_digits``, the
-UCI optical-recognition test set, 1797 images, 17 grey levels 0..16). Each level v is rescaled to the 256-way pixel
-scale as round(v * 255 / 16); images 0..1499 train, 1500..1796 test. Sequences are 64 dimensions long.
+Embedded defaults (offline, no ``data``):
+* ``smoke``: scikit-learn's bundled 8x8 handwritten digits (``sklearn.datasets.load_digits``, the UCI
+  optical-recognition test set, 1797 images, 17 grey levels 0..16). Each level v is rescaled to the 256-way pixel scale
+  as round(v * 255 / 16); images 0..1499 train, 1500..1796 test. Sequences are 64 dimensions long.
+* ``small`` and ``paper``: 32x32 RGB patches of the two colour photographs scikit-learn ships
+  (``sklearn.datasets.load_sample_images``: china.jpg and flower.jpg, 427 x 640, CC BY 2.0), the same 3072-long
+  sequences as CIFAR-10. Columns 0..479 of each photo train (every 32x32 crop at a stride of 8: 5,700 overlapping
+  crops); columns 480..639 are held out as a grid of 130 disjoint patches, every fourth of them validation, the rest
+  test, so no held-out pixel is ever trained on. Richer than the digits (natural colour, texture, CIFAR's length),
+  but two scenes only: it measures how a model generalises to unseen parts of seen scenes, not to new images. We found
+  no package on PyPI or Debian that ships many natural 32x32 images (scikit-learn's and torchvision's image data sets
+  download at run time, which the Hub id does better).
 """
 
 from __future__ import annotations
@@ -85,6 +94,30 @@ def read_hub_images(task: str, hid: str) -> tuple[np.ndarray, np.ndarray, dict]:
     return arrays[0], arrays[1], provenance
 
 
+PHOTO_TRAIN_COLUMNS, PATCH, CROP_STRIDE = 480, 32, 8
+
+
+def _raster(patch: np.ndarray) -> np.ndarray:
+    return patch.reshape(PATCH * PATCH * 3)  # (32, 32, 3): raster order, channels interleaved
+
+
+def load_photo_patches() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(train, val, test) uint8 arrays of shape (N, 3072) from scikit-learn's two sample photos (module doc)."""
+    from sklearn.datasets import load_sample_images
+
+    train, held = [], []
+    for photo in load_sample_images().images:  # (427, 640, 3) uint8 each
+        rows, cols = photo.shape[:2]
+        for top in range(0, rows - PATCH + 1, CROP_STRIDE):
+            for left in range(0, PHOTO_TRAIN_COLUMNS - PATCH + 1, CROP_STRIDE):
+                train.append(_raster(photo[top : top + PATCH, left : left + PATCH]))
+        for top in range(0, rows - PATCH + 1, PATCH):
+            for left in range(PHOTO_TRAIN_COLUMNS, cols - PATCH + 1, PATCH):
+                held.append(_raster(photo[top : top + PATCH, left : left + PATCH]))
+    held_array = np.stack(held)
+    return np.stack(train), held_array[0::4], np.delete(held_array, np.s_[0::4], axis=0)
+
+
 def load_digits_pixels() -> tuple[np.ndarray, np.ndarray]:
     """(train, test) uint8 arrays of shape (N, 64) from scikit-learn's bundled digits, on the 0..255 scale."""
     from sklearn.datasets import load_digits
@@ -96,8 +129,8 @@ def load_digits_pixels() -> tuple[np.ndarray, np.ndarray]:
 
 @register_task("image_gen")
 class ImageGenerationTask(Task):
-    """Parameters: ``data`` (``cifar-10-batches-py`` folder; None = scikit-learn's 8x8 digits), ``eval_images`` (cap
-    on test images scored). Unset parameters take the scale's values."""
+    """Parameters: ``data`` (``cifar-10-batches-py`` folder or ``hf:ID``; None = the embedded default of the scale),
+    ``eval_images`` (cap on test images scored). Unset parameters take the scale's values."""
 
     def __init__(self, *, scale: str = "smoke", seed: int = 0, data: str | None = None, eval_images: int | None = None):
         super().__init__(scale=scale, seed=seed)
@@ -112,8 +145,8 @@ class ImageGenerationTask(Task):
 
     @property
     def dims(self) -> int:
-        """Sequence length: 3072 for CIFAR-10, 64 for the embedded digits (known before ``prepare``)."""
-        return 3072 if self.data else 64
+        """Sequence length: 3072 for CIFAR-10 and the photo patches, 64 for the digits (known before ``prepare``)."""
+        return 64 if self.data is None and self.scale == "smoke" else 3072
 
     @property
     def spec(self) -> TaskSpec:
@@ -130,13 +163,18 @@ class ImageGenerationTask(Task):
             folder = Path(self.data).expanduser()
             folder = folder / "cifar-10-batches-py" if (folder / "cifar-10-batches-py").is_dir() else folder
             self._provenance = path_provenance(folder, [folder / n for n in (*CIFAR_TRAIN, CIFAR_TEST)])
-        else:
+        elif self.scale == "smoke":
             train, self._test = load_digits_pixels()
             self._provenance = {"source": "embedded", "name": "sklearn.datasets.load_digits", "images": 1797}
-        count = min(VAL_IMAGES[self.scale], len(train) // 10) or 1
-        if len(train) < 2:
-            raise ValueError(f"task 'image_gen': {len(train)} training images, too few to carve a validation split")
-        self._train, self._val = train[:-count], train[-count:]
+        else:
+            self._train, self._val, self._test = load_photo_patches()
+            self._provenance = {"source": "embedded", "name": "sklearn.datasets.load_sample_images", "images": 2}
+        if self._val is None:  # carve val from the end of training
+            count = min(VAL_IMAGES[self.scale], len(train) // 10) or 1
+            if len(train) < 2:
+                raise ValueError(f"task 'image_gen': {len(train)} training images, too few to carve a validation split")
+            self._train, self._val = train[:-count], train[-count:]
+        self._val = self._val[: VAL_IMAGES[self.scale]]
         if self.eval_images is not None:
             self._test = self._test[: self.eval_images]
 

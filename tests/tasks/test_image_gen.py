@@ -84,3 +84,17 @@ def test_not_a_pickle_is_rejected(cifar):
     (cifar / "data_batch_2").write_text("hello")
     with pytest.raises(ValueError, match="data_batch_2"):
         read_cifar10(cifar)
+
+
+def test_small_scale_default_is_photo_patches_with_held_out_columns():
+    from tasks.image_gen import PHOTO_TRAIN_COLUMNS, load_photo_patches
+
+    train, val, test = load_photo_patches()
+    assert train.shape == (5700, 3072) and len(val) + len(test) == 130 and train.dtype == np.uint8
+    task = tasks.build("image_gen", scale="small")
+    assert task.spec.max_len == 3072  # known before prepare()
+    task.prepare()
+    assert len(task._val) == 32 and task.provenance()["name"] == "sklearn.datasets.load_sample_images"
+    rows = lambda a: {r.tobytes() for r in a}  # noqa: E731
+    assert not rows(task._val) & rows(task._train) and not rows(task._test) & rows(task._train)
+    assert PHOTO_TRAIN_COLUMNS % 32 == 0
