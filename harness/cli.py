@@ -33,6 +33,9 @@ def _run(args: argparse.Namespace, console: Console) -> int:
         max_concurrent=args.max_concurrent,
         plugin_dirs=args.plugins,
         console=console,
+        checkpoints=args.checkpoints,
+        progress_every=args.progress_every,
+        stall_after=args.stall_warning,
     )
     console.print(
         f"done in {summary.seconds:.1f}s: {len(summary.ok)} ok, {len(summary.failed)} failed, "
@@ -144,6 +147,27 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--results", type=Path, default=Path("results"), help="Parquet store directory")
     run.add_argument("--plugins", action="append", default=[], metavar="DIR", help="load every *.py in DIR")
     run.add_argument("--max-concurrent", type=int, default=None, help="at most N trials at once")
+    run.add_argument(
+        "--checkpoints",
+        default=None,
+        metavar="DIR|URI",
+        help="where trials checkpoint and resume: a folder or a pyarrow URI such as s3://bucket/ckpt "
+        "(default: RESULTS/checkpoints; on a multi-node cluster it must be storage every node reaches)",
+    )
+    run.add_argument(
+        "--progress-every",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="period of the plain progress lines when stderr is not a terminal",
+    )
+    run.add_argument(
+        "--stall-warning",
+        type=float,
+        default=600.0,
+        metavar="SECONDS",
+        help="warn about a running trial that reports no progress for this long",
+    )
     listing = verbs.add_parser("list", help="list attentions, tasks and shipped grids")
     listing.add_argument("--plugins", action="append", default=[], metavar="DIR")
     report = verbs.add_parser("report", help="render the store as one HTML page")

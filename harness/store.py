@@ -103,11 +103,15 @@ def rows_for_trial(
     trial_id: str,
     config: dict[str, Any],
     *,
-    metrics: list[tuple[str, str, float]] | None,
+    metrics: list[tuple] | None,
     error: str | None,
     common: dict[str, Any],
 ) -> list[dict[str, Any]]:
-    """Tidy rows of one trial: one per (split, metric), or a single ``failed`` row carrying the error."""
+    """Tidy rows of one trial: one per (split, metric[, step]), or a single ``failed`` row carrying the error.
+
+    ``metrics`` holds ``(split, metric, value)`` or ``(split, metric, value, step)``; ``step`` is None on final rows
+    and the training step on learning-curve rows.
+    """
     base = {
         "trial_id": trial_id,
         "grid": config["grid"],
@@ -122,6 +126,14 @@ def rows_for_trial(
     if error is not None:
         return [{**base, "status": "failed", "error": error, "split": None, "metric": None, "value": None}]
     return [
-        {**base, "status": "ok", "error": None, "split": split, "metric": metric, "value": float(value)}
-        for split, metric, value in metrics or []
+        {
+            **base,
+            "status": "ok",
+            "error": None,
+            "split": split,
+            "metric": metric,
+            "value": float(value),
+            "step": step[0] if step else None,
+        }
+        for split, metric, value, *step in metrics or []
     ]

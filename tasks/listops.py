@@ -6,7 +6,7 @@ A sequence is a nested prefix expression over the digits 0-9 with four list oper
 Long Range Arena's rules: at most 10 arguments per operator, nesting depth at most 10, sequence length up to 2000
 tokens (paper scale draws target lengths uniformly in [500, 2000]). Synthetic: every expression is generated from the
 seed, training batches from (seed, step) (an endless stream, where LRA fixes 96K training examples), the test split
-from the seed alone. Tokens: digits 2..11, the four operators 12..15, the closing bracket 16 (0 PAD, 1 BOS unused).
+and the validation split (``val``, as many examples as test, its own seed stream) from the seed alone. Tokens: digits 2..11, the four operators 12..15, the closing bracket 16 (0 PAD, 1 BOS unused).
 """
 
 from __future__ import annotations
@@ -127,6 +127,7 @@ class ListOpsTask(Task):
         if self.min_length > self.max_length:
             raise ValueError(f"task 'listops': min_length={self.min_length} exceeds max_length={self.max_length}")
         self._test: Labelled | None = None
+        self._val: Labelled | None = None
 
     @property
     def spec(self) -> TaskSpec:
@@ -145,6 +146,7 @@ class ListOpsTask(Task):
 
     def prepare(self) -> None:
         self._test = self._examples(self.test_size, step_rng(self.seed, 0, stream=1))
+        self._val = self._examples(self.test_size, step_rng(self.seed, 0, stream=2))
 
     def train_batch(self, batch_size: int, step: int) -> Batch:
         return self._examples(batch_size, step_rng(self.seed, step)).batch(range(batch_size))
@@ -152,4 +154,4 @@ class ListOpsTask(Task):
     def eval_splits(self, batch_size: int) -> dict[str, Iterator[Batch]]:
         if self._test is None:
             raise RuntimeError("task 'listops': call prepare() before eval_splits()")
-        return {"test": self._test.batches(batch_size)}
+        return {"val": self._val.batches(batch_size), "test": self._test.batches(batch_size)}

@@ -1,8 +1,9 @@
 """Algorithmic sorting (Tay et al. 2020, section 5.1; Tensor2Tensor's algorithmic sort problem).
 
 A seq2seq task: the source is a random integer sequence, the target the same integers in ascending order. Train on
-length L, evaluate on L (split ``test``) and on 2L (split ``test_2x``) to probe length generalisation. Metrics: exact
-match (fraction of sequences decoded entirely right) and edit distance normalised by the target length.
+length L, evaluate on L (split ``test``) and on 2L (split ``test_2x``) to probe length generalisation. The validation
+split ``val`` holds fresh sequences of length L from a seed stream of its own. Metrics: exact match (fraction of
+sequences decoded entirely right) and edit distance normalised by the target length.
 """
 
 from __future__ import annotations
@@ -86,7 +87,11 @@ class SortTask(Task):
         return self._batch(self._train[rows])
 
     def eval_splits(self, batch_size: int) -> dict[str, Iterator[Batch]]:
-        splits = {"test": self._sequences(self.test_size, self.length, stream=1)}
+        # val: fresh sequences of length L from their own seed stream (the data set is synthetic: none is carved)
+        splits = {
+            "val": self._sequences(self.test_size, self.length, stream=3),
+            "test": self._sequences(self.test_size, self.length, stream=1),
+        }
         if self.eval_length != self.length:
             splits["test_2x" if self.eval_length == 2 * self.length else f"test_{self.eval_length}"] = self._sequences(
                 self.test_size, self.eval_length, stream=2

@@ -124,7 +124,10 @@ def context_of(config: dict[str, Any]) -> dict[str, Any]:
             k: v for k, v in (config.get("task_params") or {}).items() if k not in ("size", "data", "level")
         },
         "model": {k: v for k, v in model.items() if k not in (*MODEL_DIMS, "tie_kv")},
-        "train": config.get("train") or {},
+        # where and how often a trial checkpointed cannot change its numbers: never a reason to split a table
+        "train": {
+            k: v for k, v in (config.get("train") or {}).items() if k not in ("checkpoint_every", "keep_checkpoints")
+        },
     }
 
 
@@ -241,15 +244,25 @@ def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix: value}
 
 
+SELECTED = {
+    "last": "test metrics of the last step (train.select=last)",
+    "best": "test metrics of the best validation step (train.select=best)",
+}
+
+
 def context_captions(contexts: list[str]) -> dict[str, str]:
     """A short caption per context: scale, steps, batch, task parameters, and whatever differs between them."""
     flat = {c: flatten(json.loads(c)) for c in contexts}
     keys = {k for f in flat.values() for k in f}
     differing = {k for k in keys if len({json.dumps(f.get(k), default=str) for f in flat.values()}) > 1}
-    always = ["data", "scale", "train.steps", "train.batch_size", "train.lr"]
+    always = ["data", "scale", "train.steps", "train.batch_size", "train.lr", "train.select"]
     captions = {}
     for context, items in flat.items():
         shown = always + sorted(k for k in items if k.startswith("task_params.")) + sorted(differing - set(always))
-        parts = [f"{k}={items[k]}" for k in dict.fromkeys(shown) if k in items and items[k] not in (None, {}, [])]
+        parts = [
+            SELECTED[items[k]] if k == "train.select" else f"{k}={items[k]}"
+            for k in dict.fromkeys(shown)
+            if k in items and items[k] not in (None, {}, [])
+        ]
         captions[context] = ", ".join(parts)
     return captions

@@ -17,6 +17,7 @@ import pandas as pd
 from jinja2 import Environment, PackageLoader, select_autoescape
 
 from harness.reporting import figures
+from harness.reporting.curves import curves_figure
 from harness.reporting.labels import LM_TASKS, SPEED_TASK, context_captions, last_line, trial_info
 from harness.reporting.paper import Section, load_sections
 from harness.reporting.tables import build_table
@@ -71,7 +72,9 @@ def build_sections(
     """Every section the store has data for, in the paper's order, then tasks no section names."""
     sections = load_sections() if sections is None else sections
     trials = trial_info(frame) if trials is None else trials
-    values = frame.loc[frame["status"] == "ok", ["trial_id", "split", "metric", "value"]].dropna(subset=["metric"])
+    final = frame["step"].isna() if "step" in frame else True  # learning-curve rows feed the curves, not the tables
+    values = frame.loc[(frame["status"] == "ok") & final, ["trial_id", "split", "metric", "value"]]
+    values = values.dropna(subset=["metric"])
     values = values.merge(trials[["trial_id", "seed"]], on="trial_id")
     everything = trials[trials["task"] != SPEED_TASK]
     run = everything  # what the plain tables show: ablated variants are Table 8's rows, not rows of Tables 2 and 4
@@ -120,6 +123,9 @@ def build_sections(
                         "failed": _failed_records(bench[bench["status"] == "failed"]),
                     }
                 )
+    curves = learning_curves(frame, everything)
+    if curves is not None:
+        out.append(curves)
     for task in sorted(set(everything["task"]) - covered):
         own = Section(
             id=f"task-{task}",
@@ -130,6 +136,21 @@ def build_sections(
         )
         out.append(_table_section(own, run[run["task"] == task], values, ablation=False))
     return out
+
+
+def learning_curves(frame: pd.DataFrame, trials: pd.DataFrame) -> dict | None:
+    """The "Learning curves" section, when some trial stored periodic validation rows."""
+    figure = curves_figure(frame, trials)
+    if figure is None:
+        return None
+    return {
+        "kind": "curves",
+        "id": "learning-curves",
+        "title": "Learning curves",
+        "caption": "Validation headline metric against training step (train.eval_every), one line per attention "
+        "setting, mean over seeds with a 95% band. The tables show test metrics of the step their setup line names.",
+        "figure": figure,
+    }
 
 
 def _failed_records(trials: pd.DataFrame) -> list[dict]:

@@ -15,14 +15,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
 import attentions
 import tasks
 
 GRIDS_DIR = Path(__file__).parent.parent / "grids"
-# Fields of a trial's config that cannot change its result, left out of the trial id.
-NOT_IN_ID = ("cpus", "max_retries")
+# Fields of a trial's config that cannot change its result, left out of the trial id (section -> keys): where and how
+# often a trial checkpoints does not change its metrics, because a resumed trial ends exactly as an uninterrupted one.
+NOT_IN_ID = {"resources": ("cpus", "max_retries"), "train": ("checkpoint_every", "keep_checkpoints")}
 
 
 class GridError(ValueError):
@@ -52,7 +53,17 @@ class TrainConfig(_Strict):
     weight_decay: float = Field(0.0, ge=0)
     grad_clip: float = Field(1.0, ge=0, description="gradient norm clipping (0 = off)")
     eval_batch_size: int = Field(64, gt=0)
+    eval_every: int = Field(0, ge=0, description="score the val split every N steps (0 = only at the end)")
+    checkpoint_every: int = Field(0, ge=0, description="save the whole training state every N steps (0 = never)")
+    select: Literal["last", "best"] = Field("last", description="test the last step, or the best val step")
+    keep_checkpoints: bool = Field(False, description="keep a trial's checkpoints after its result is stored")
     deepspeed: dict[str, Any] = Field(default_factory=dict, description="merged into the DeepSpeed config")
+
+    @model_validator(mode="after")
+    def _best_needs_validation(self) -> TrainConfig:
+        if self.select == "best" and not self.eval_every:
+            raise ValueError("select: best needs eval_every > 0 (the steps at which val picks the checkpoint)")
+        return self
 
 
 class Resources(_Strict):
@@ -94,13 +105,19 @@ class Trial:
     @property
     def trial_id(self) -> str:
         identity = self.config()
-        identity["resources"] = {k: v for k, v in self.resources.items() if k not in NOT_IN_ID}
+        for section, keys in NOT_IN_ID.items():
+            identity[section] = {k: v for k, v in identity[section].items() if k not in keys}
         return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
 
     @property
     def label(self) -> str:
         params = ",".join(f"{k}={v}" for k, v in sorted(self.params.items()))
         return f"{self.task}:{self.attention}" + (f"({params})" if params else "") + f":seed={self.seed}"
+
+
+def trial_id_of(config: dict[str, Any]) -> str:
+    """The id of a trial given its ``config()`` (what a worker receives and the store keeps as JSON)."""
+    return Trial(**config).trial_id
 
 
 def resolve_path(grid: str | Path) -> Path:

@@ -32,15 +32,37 @@ def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch
     return {key: value.to(device) for key, value in batch.items()}
 
 
+# Metrics where a larger value is better; every other metric (loss, bpc, bpd, perplexity, edit distance) is smaller.
+HIGHER_IS_BETTER = frozenset({"accuracy", "exact_match"})
+
+
+def headline(metrics: tuple[str, ...]) -> str:
+    """The metric a task is judged by (its first), which ``train.select: best`` optimises on the val split."""
+    return metrics[0]
+
+
+def improves(metric: str, value: tuple[float, float], best: tuple[float, float] | None) -> bool:
+    """Is ``value`` = (headline, loss) strictly better than ``best`` (None: nothing yet)? The loss breaks ties of
+    coarse metrics (exact match stays 0 for a long time early in sorting)."""
+    if best is None:
+        return True
+    sign = -1 if metric in HIGHER_IS_BETTER else 1
+    return (sign * value[0], value[1]) < (sign * best[0], best[1])
+
+
 @torch.no_grad()
-def evaluate(model, task: Task, batch_size: int, device: torch.device) -> list[tuple[str, str, float]]:
-    """(split, metric, value) for every split of ``task``: ``loss`` plus the task's headline metrics."""
+def evaluate(
+    model, task: Task, batch_size: int, device: torch.device, splits: tuple[str, ...] | None = None
+) -> list[tuple[str, str, float]]:
+    """(split, metric, value) for every split of ``task`` (or only ``splits``): ``loss`` plus the headline metrics."""
     spec = task.spec
     was_training = model.training
     model.eval()
     rows: list[tuple[str, str, float]] = []
     try:
         for split, batches in task.eval_splits(batch_size).items():
+            if splits is not None and split not in splits:
+                continue
             nll_sum, tokens, correct, sequences, edit_sum = 0.0, 0, 0, 0, 0.0
             for batch in batches:
                 batch = _to(batch, device)

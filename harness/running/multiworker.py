@@ -21,13 +21,18 @@ def _train_loop(loop_config: dict[str, Any]) -> None:
 
     for folder in loop_config["plugin_dirs"]:
         attentions.load_plugin_dir(folder)
-    result = run_trial(loop_config["trial"])
+    result = run_trial(loop_config["trial"], checkpoints=loop_config["checkpoints"], progress=loop_config["progress"])
     if dist.get_rank() == 0:
         loop_config["results"].put(asdict(result))
 
 
-def run_multiworker(config: dict[str, Any], plugin_dirs: list[str]) -> dict[str, Any]:
-    """Train one trial on ``config['resources']['workers']`` Ray Train workers; returns rank 0's result dict."""
+def run_multiworker(
+    config: dict[str, Any], plugin_dirs: list[str], *, checkpoints: str | None = None, progress=None
+) -> dict[str, Any]:
+    """Train one trial on ``config['resources']['workers']`` Ray Train workers; returns rank 0's result dict.
+
+    Every rank saves and restores its part of the DeepSpeed checkpoint under ``checkpoints``, so a retried
+    multi-worker trial resumes too (the folder must be reachable from every worker's node); rank 0 reports progress."""
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
     from ray.util.queue import Queue
@@ -39,7 +44,13 @@ def run_multiworker(config: dict[str, Any], plugin_dirs: list[str]) -> dict[str,
     try:
         trainer = TorchTrainer(
             _train_loop,
-            train_loop_config={"trial": config, "plugin_dirs": plugin_dirs, "results": results},
+            train_loop_config={
+                "trial": config,
+                "plugin_dirs": plugin_dirs,
+                "results": results,
+                "checkpoints": checkpoints,
+                "progress": progress,
+            },
             scaling_config=ScalingConfig(
                 num_workers=resources["workers"], use_gpu=use_gpu, resources_per_worker=per_worker
             ),

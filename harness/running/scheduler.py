@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from harness.provenance import git_sha, versions
 from harness.running.grid import Trial
@@ -31,6 +30,7 @@ LOCAL_HOST = "127.0.0.1"
 os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
 os.environ.setdefault("RAY_AUTH_MODE", "token")
 SINGLE_MACHINE_FLAG = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+POLL_SECONDS = 1.0  # how often the driver wakes to refresh the progress of running trials
 
 
 @dataclass
@@ -48,21 +48,29 @@ def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
-def execute_trial(config: dict[str, Any], plugin_dirs: list[str]) -> dict[str, Any]:
-    """Body of the Ray task: run one trial, turning any exception into a failed result (never raises)."""
+def execute_trial(
+    config: dict[str, Any], plugin_dirs: list[str], checkpoints: str | None = None, board=None
+) -> dict[str, Any]:
+    """Body of the Ray task: run one trial, turning any exception into a failed result (never raises).
+
+    ``checkpoints`` is the root under which the trial keeps (and resumes from) ``<trial_id>/``; ``board`` is the
+    driver's ``ProgressBoard`` actor. A retried task (a dead worker) resumes from the trial's latest checkpoint."""
     import attentions
+    from harness.running.grid import trial_id_of
     from harness.running.multiworker import run_multiworker
+    from harness.running.progress import reporter
     from harness.running.trainer import run_trial
 
     started = _now()
     outcome: dict[str, Any] = {"result": None, "error": None, "versions": versions()}
     try:
+        progress = reporter(board, trial_id_of(config)) if board is not None else None
         if config["resources"]["workers"] > 1:
-            outcome["result"] = run_multiworker(config, plugin_dirs)
+            outcome["result"] = run_multiworker(config, plugin_dirs, checkpoints=checkpoints, progress=progress)
         else:
             for folder in plugin_dirs:
                 attentions.load_plugin_dir(folder)
-            outcome["result"] = asdict(run_trial(config))
+            outcome["result"] = asdict(run_trial(config, checkpoints=checkpoints, progress=progress))
     except Exception as exc:  # stored with the trial, the grid goes on
         tail = "".join(traceback.format_exception(exc)[-3:]).strip()
         outcome["error"] = f"{type(exc).__name__}: {exc}\n{tail}"
@@ -121,6 +129,9 @@ def _rows(trial: Trial, outcome: dict[str, Any], sha: str | None) -> list[dict[s
         "finished_at": outcome.get("finished_at") or _now(),
         "git_sha": sha,
         "versions": json.dumps(outcome.get("versions") or versions(), sort_keys=True),
+        "resumed_from_step": result.get("resumed_from_step"),
+        "selected_step": result.get("selected_step"),
+        "data": json.dumps(result["data"], sort_keys=True) if result.get("data") else None,
     }
     metrics = [tuple(m) for m in result.get("metrics", [])]
     return rows_for_trial(trial.trial_id, trial.config(), metrics=metrics, error=outcome.get("error"), common=common)
@@ -130,8 +141,17 @@ def _headline(outcome: dict[str, Any]) -> str:
     if outcome.get("error"):
         return outcome["error"].splitlines()[0][:120]
     metrics = outcome["result"]["metrics"]
-    shown = [f"{split}/{name}={value:.4g}" for split, name, value in metrics if split != "train" and name != "loss"]
+    shown = [
+        f"{split}/{name}={value:.4g}"
+        for split, name, value, step in metrics
+        if step is None and split not in ("train", "eval", "val") and name != "loss"
+    ]
     return " ".join(shown[:3])
+
+
+def default_checkpoints(results: str | Path) -> str:
+    """Where trials checkpoint unless ``--checkpoints`` says otherwise: ``<results>/checkpoints``."""
+    return str(Path(results).resolve() / "checkpoints")
 
 
 def run_grid(
@@ -142,9 +162,21 @@ def run_grid(
     max_concurrent: int | None = None,
     plugin_dirs: list[str] | None = None,
     console: Console | None = None,
+    checkpoints: str | None = None,
+    progress_every: float = 30.0,
+    stall_after: float = 600.0,
 ) -> GridSummary:
-    """Run every trial not already stored as ok; write each to ``store`` as soon as it finishes."""
+    """Run every trial not already stored as ok; write each to ``store`` as soon as it finishes.
+
+    Trials checkpoint under ``checkpoints`` (default ``<store>/checkpoints``) and resume from there when they start
+    again: after Ray retries a dead worker, and when a killed driver runs the grid again. A trial's checkpoints are
+    removed once its result is stored, unless its ``train.keep_checkpoints`` is set. ``progress_every`` is the
+    period of the plain progress lines when stderr is not a terminal; ``stall_after`` the silence that is warned of.
+    """
     import ray
+
+    from harness.running.checkpoints import TrialCheckpoints
+    from harness.running.progress import GridProgress, ProgressBoard
 
     console = console or Console(stderr=True)
     unique = list({trial.trial_id: trial for trial in trials}.values())
@@ -155,29 +187,24 @@ def run_grid(
         console.print(f"[dim]{summary.skipped} of {len(unique)} trials already stored; skipping them[/dim]")
     if not pending:
         return summary
+    checkpoints = checkpoints or default_checkpoints(store.root)
     started_ray = connect(address)
     sha, dirs = git_sha(), [str(Path(d).resolve()) for d in plugin_dirs or []]
     remote = ray.remote(execute_trial)
+    board = ray.remote(num_cpus=0)(ProgressBoard).remote()
     cap = max_concurrent or len(pending)
     queue, in_flight = list(pending), {}
     clock = time.perf_counter()
-    columns = (
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("ok {task.fields[ok]}  failed {task.fields[failed]}  left {task.fields[left]}"),
-        TimeElapsedColumn(),
-        TextColumn("ETA"),
-        TimeRemainingColumn(),
-    )
     try:
-        with Progress(*columns, console=console, transient=False) as progress:
-            bar = progress.add_task("trials", total=len(pending), ok=0, failed=0, left=len(pending))
+        with GridProgress(console, len(pending), plain_every=progress_every, stall_after=stall_after) as progress:
             while queue or in_flight:
                 while queue and len(in_flight) < cap:
                     trial = queue.pop(0)
-                    in_flight[remote.options(**_task_options(trial.resources)).remote(trial.config(), dirs)] = trial
-                ready, _ = ray.wait(list(in_flight), num_returns=1)
+                    options = _task_options(trial.resources)
+                    ref = remote.options(**options).remote(trial.config(), dirs, checkpoints, board)
+                    in_flight[ref] = trial
+                    progress.submitted(trial.trial_id, trial.label)
+                ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=POLL_SECONDS)
                 for ref in ready:
                     trial = in_flight.pop(ref)
                     try:
@@ -185,16 +212,13 @@ def run_grid(
                     except Exception as exc:  # the worker died (after Ray's retries) or the task was cancelled
                         outcome = {"error": f"{type(exc).__name__}: {str(exc).strip()[:2000]}"}
                     store.write_trial(trial.trial_id, _rows(trial, outcome, sha))
+                    if not outcome.get("error") and not trial.train.get("keep_checkpoints"):
+                        TrialCheckpoints(checkpoints, trial.trial_id).remove()
                     (summary.failed if outcome.get("error") else summary.ok).append(trial.trial_id)
+                    progress.finished(trial.trial_id, ok=not outcome.get("error"))
                     status = "[red]failed[/red]" if outcome.get("error") else "[green]ok[/green]"
-                    progress.console.print(f"{status} {trial.label} {_headline(outcome)}")
-                    progress.update(
-                        bar,
-                        advance=1,
-                        ok=len(summary.ok),
-                        failed=len(summary.failed),
-                        left=len(queue) + len(in_flight),
-                    )
+                    progress.print(f"{status} {trial.label} {_headline(outcome)}")
+                progress.refresh(ray.get(board.snapshot.remote()))
     finally:
         if started_ray:
             ray.shutdown()

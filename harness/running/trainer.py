@@ -11,8 +11,10 @@ from __future__ import annotations
 import math
 import os
 import socket
+import tempfile
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
@@ -20,8 +22,9 @@ import torch
 import tasks
 from harness.memory import measure_peak
 from harness.model import ModelConfig, Transformer
+from harness.running.checkpoints import TrialCheckpoints, rng_state, set_rng_state
 from harness.running.grid import deep_merge
-from harness.running.metrics import evaluate
+from harness.running.metrics import evaluate, headline, improves
 
 
 class NonFiniteLoss(RuntimeError):
@@ -30,9 +33,13 @@ class NonFiniteLoss(RuntimeError):
 
 @dataclass
 class TrialResult:
-    """What a trial hands back to the driver (plain data, so it crosses Ray and process boundaries)."""
+    """What a trial hands back to the driver (plain data, so it crosses Ray and process boundaries).
 
-    metrics: list[tuple[str, str, float]]
+    ``metrics`` rows are ``(split, metric, value, step)``: ``step`` is None on final rows and the training step on the
+    rows of the learning curve (``val`` metrics and the smoothed ``train`` loss every ``train.eval_every`` steps).
+    """
+
+    metrics: list[tuple[str, str, float, int | None]]
     peak_memory_bytes: int
     tokens_per_second: float
     train_seconds: float
@@ -40,6 +47,40 @@ class TrialResult:
     device: str
     world_size: int
     num_parameters: int
+    resumed_from_step: int = 0
+    selected_step: int | None = None
+    data: dict[str, Any] = field(default_factory=dict)
+
+    def final(self) -> dict[tuple[str, str], float]:
+        """{(split, metric): value} of the final rows (the learning curve left out)."""
+        return {(split, name): value for split, name, value, step in self.metrics if step is None}
+
+
+@dataclass
+class TrainingState:
+    """Everything the loop carries from step to step besides the engine; saved in every checkpoint."""
+
+    step: int = 0
+    smoothed: float = 0.0  # exponential moving average of the training loss (debiased when read)
+    curve: list[tuple[str, str, float, int]] = field(default_factory=list)
+    best_value: tuple[float, float] | None = None  # (headline metric, loss) on val
+    best_step: int | None = None
+    best_tag: str | None = None
+    peak: int | None = None
+    timed_tokens: int = 0
+    timed_seconds: float = 0.0
+    train_seconds: float = 0.0
+
+    def smooth(self, loss: float) -> None:
+        self.smoothed = SMOOTHING * self.smoothed + (1 - SMOOTHING) * loss
+
+    @property
+    def smoothed_loss(self) -> float:
+        return self.smoothed / (1 - SMOOTHING**self.step) if self.step else float("nan")
+
+
+SMOOTHING = 0.98  # the training loss is reported as an EMA over about 50 steps, not as the last batch's loss
+PROGRESS_SECONDS = 2.0  # how often a running trial tells the driver where it is
 
 
 def _free_port() -> int:
@@ -89,9 +130,21 @@ def _schedule(train: dict[str, Any]):
     return factor
 
 
-def run_trial(config: dict[str, Any]) -> TrialResult:
-    """Train and evaluate the trial described by ``config`` (``Trial.config()``); raises on failure."""
+Progress = Callable[[dict[str, Any]], None]
+
+
+def run_trial(
+    config: dict[str, Any], *, checkpoints: str | None = None, progress: Progress | None = None
+) -> TrialResult:
+    """Train and evaluate the trial described by ``config`` (``Trial.config()``); raises on failure.
+
+    ``checkpoints`` is the root (folder or pyarrow URI) under which this trial keeps ``<trial_id>/``: the trial
+    resumes from its latest checkpoint there if one exists. Without it, checkpoints (``select: best`` needs one) go
+    to a temporary folder that dies with the trial. ``progress`` receives a small dict every few seconds.
+    """
     import deepspeed
+
+    from harness.running.grid import trial_id_of
 
     use_cuda = config["resources"].get("gpus", 0) > 0 and torch.cuda.is_available()
     backend = "nccl" if use_cuda else "gloo"
@@ -127,6 +180,18 @@ def run_trial(config: dict[str, Any]) -> TrialResult:
         dist_init_required=False,
     )
     micro = train["batch_size"] // world_size
+    steps, eval_every, checkpoint_every = train["steps"], train.get("eval_every", 0), train.get("checkpoint_every", 0)
+    select, metric = train.get("select", "last"), headline(spec.metrics)
+
+    scratch = None if checkpoints else tempfile.TemporaryDirectory(prefix="attnbench-trial-")
+    store = TrialCheckpoints(checkpoints or scratch.name, trial_id_of(config))
+    state = TrainingState()
+    restored = store.restore_latest(engine)
+    if restored is not None:
+        state = TrainingState(**restored["training_state"])
+        set_rng_state(restored["rng"])
+        store.drop_best_except(state.best_tag)
+    resumed_from_step = state.step
 
     def step(index: int) -> tuple[float, int]:
         """One optimizer step; returns the loss and the real tokens of the global batch."""
@@ -142,34 +207,83 @@ def run_trial(config: dict[str, Any]) -> TrialResult:
             raise NonFiniteLoss(f"non-finite training loss {value} at step {index}")
         return value, tokens
 
-    memory_step = min(1, train["steps"] - 1)  # after step 0 the optimizer state exists
-    timed_tokens, timed_seconds, last_loss = 0, 0.0, float("nan")
-    started = time.perf_counter()
-    for index in range(train["steps"]):
-        if index == memory_step:
-            (last_loss, _), peak = measure_peak(lambda i=index: step(i), device)
-            continue
+    def tell(final: bool = False) -> None:
+        if progress is None or rank != 0:
+            return
+        elapsed = time.perf_counter() - attempt_started
+        progress(
+            {
+                "step": state.step,
+                "steps": steps,
+                "loss": state.smoothed_loss,
+                "tokens_per_second": state.timed_tokens / state.timed_seconds if state.timed_seconds else None,
+                "steps_per_second": (state.step - resumed_from_step) / elapsed if elapsed > 0 else None,
+                "resumed_from_step": resumed_from_step,
+                "final": final,
+            }
+        )
+
+    memory_step = min(1, steps - 1)  # after step 0 the optimizer state exists
+    attempt_started = last_told = time.perf_counter()
+    tell()
+    for index in range(state.step, steps):
         tick = time.perf_counter()
-        last_loss, tokens = step(index)
-        timed_seconds += time.perf_counter() - tick
-        timed_tokens += tokens
-    train_seconds = time.perf_counter() - started
+        if index == memory_step:
+            (loss, _), state.peak = measure_peak(lambda i=index: step(i), device)
+        else:
+            loss, tokens = step(index)
+            state.timed_seconds += time.perf_counter() - tick
+            state.timed_tokens += tokens
+        state.train_seconds += time.perf_counter() - tick
+        state.step = index + 1
+        state.smooth(loss)
+        if eval_every and state.step % eval_every == 0:
+            scored = evaluate(engine.module, task, train["eval_batch_size"], device, splits=("val",))
+            state.curve.append(("train", "loss", state.smoothed_loss, state.step))
+            state.curve.extend((split, name, value, state.step) for split, name, value in scored)
+            if not scored:
+                raise ValueError(f"task {task.name!r} has no 'val' split, which train.eval_every scores")
+            value = tuple(next(v for _, name, v in scored if name == wanted) for wanted in (metric, "loss"))
+            if select == "best" and improves(metric, value, state.best_value):
+                state.best_tag = store.save_best(engine, state.step)
+                state.best_value, state.best_step = value, state.step
+            tell()
+            last_told = time.perf_counter()
+        if checkpoint_every and state.step % checkpoint_every == 0 and state.step < steps:
+            store.save(engine, state.step, {"training_state": asdict(state), "rng": rng_state()})
+        if time.perf_counter() - last_told > PROGRESS_SECONDS:
+            tell()
+            last_told = time.perf_counter()
     trained = plugin_metrics(engine.module)  # plugin statistics of the last training step ...
 
-    metrics = evaluate(engine.module, task, train["eval_batch_size"], device)
-    metrics.append(("train", "loss", last_loss))
-    metrics.extend(("train", name, value) for name, value in trained.items())
+    selected_step = steps
+    if select == "best" and state.best_tag is not None:
+        store.load_weights(engine, state.best_tag)
+        selected_step = state.best_step
+    metrics: list[tuple[str, str, float, int | None]] = [
+        (split, name, value, None)
+        for split, name, value in evaluate(engine.module, task, train["eval_batch_size"], device)
+    ]
+    metrics.append(("train", "loss", state.smoothed_loss, None))
+    metrics.extend(("train", name, value, None) for name, value in trained.items())
     # ... and of the last evaluation batch (eval mode: e.g. sbm's deterministic graph)
-    metrics.extend(("eval", name, value) for name, value in plugin_metrics(engine.module).items())
+    metrics.extend(("eval", name, value, None) for name, value in plugin_metrics(engine.module).items())
+    metrics.extend(state.curve)
+    tell(final=True)
+    if scratch is not None:
+        scratch.cleanup()
     return TrialResult(
         metrics=metrics,
-        peak_memory_bytes=int(peak),
-        tokens_per_second=timed_tokens / timed_seconds if timed_seconds > 0 else float("nan"),
-        train_seconds=train_seconds,
-        steps=train["steps"],
+        peak_memory_bytes=int(state.peak) if state.peak is not None else 0,
+        tokens_per_second=state.timed_tokens / state.timed_seconds if state.timed_seconds > 0 else float("nan"),
+        train_seconds=state.train_seconds,
+        steps=steps,
         device=str(device.type),
         world_size=world_size,
         num_parameters=num_parameters,
+        resumed_from_step=resumed_from_step,
+        selected_step=selected_step,
+        data=task.provenance(),
     )
 
 

@@ -34,7 +34,7 @@ def trial(attention: str, params: dict, steps: int = 40, **train) -> dict:
 
 def test_trial_trains_and_reports_everything():
     result = run_trial(trial("local", {"block_size": 4}, steps=60))
-    metrics = {(split, name): value for split, name, value in result.metrics}
+    metrics = result.final()
     assert {("test", "exact_match"), ("test", "edit_distance"), ("test_2x", "loss"), ("train", "loss")} <= set(metrics)
     assert 0 <= metrics[("test", "exact_match")] <= 1 and 0 <= metrics[("test", "edit_distance")] <= 1
     assert metrics[("test", "loss")] < 2.0  # uniform over 8 symbols is ln 8 = 2.08: it learned something
@@ -92,6 +92,6 @@ def test_gpu_trial_trains_on_cuda_in_bf16_over_nccl():
 
 def test_plugin_statistics_are_stored_for_training_and_evaluation():
     result = run_trial(trial("sbm", {"clusters": 2}, steps=4))
-    fractions = {split: value for split, name, value in result.metrics if name == "edge_fraction"}
+    fractions = {split: value for (split, name), value in result.final().items() if name == "edge_fraction"}
     assert set(fractions) == {"train", "eval"}
     assert all(0.0 < value <= 1.0 for value in fractions.values())

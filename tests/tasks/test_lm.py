@@ -181,7 +181,7 @@ def test_a_trial_reads_real_lm1b_shards_through_the_data_parameter(lm1b):
         train=train | {"deepspeed": {}},
         resources=dict(cpus=1, gpus=0, workers=1, max_retries=0),
     ).config()
-    metrics = {(split, name): value for split, name, value in run_trial(config).metrics}
+    metrics = run_trial(config).final()
     assert metrics[("test", "bpc")] == pytest.approx(metrics[("test", "loss")] / np.log(2))
     assert 0 < metrics[("test", "bpc")] < np.log2(spec.vocab_size)  # six steps beat a uniform guess
 

@@ -73,7 +73,7 @@ def smoke_trial(name: str, params: dict, steps: int = 8) -> dict:
 @pytest.mark.parametrize("name", sorted(FAMILIES))
 def test_one_smoke_trial_per_task(name):
     result = run_trial(smoke_trial(name, FAMILIES[name]))
-    metrics = {(split, metric): value for split, metric, value in result.metrics}
+    metrics = result.final()
     spec = tasks.build(name).spec
     splits = {split for split, _ in metrics} - {"train"}
     assert splits and all(math.isfinite(v) for v in metrics.values())
