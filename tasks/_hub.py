@@ -125,8 +125,8 @@ def split(task: str, hid: str, loaded: Any, name: str) -> Any:
 
 def columns(task: str, hid: str, dataset: Any, wanted: Iterable[str]) -> None:
     """Check that a split has the columns a task maps; the message names the missing and the present ones."""
-    present = list(dataset.column_names or dataset.features or [])
-    missing = [c for c in wanted if c not in present]
+    present = dataset.column_names  # None for a stream whose features are not known before reading
+    missing = [] if present is None else [c for c in wanted if c not in present]
     if missing:
         raise HubError(
             f"task {task!r}: data 'hf:{hid}': unreadable; missing column(s) {', '.join(missing)} "

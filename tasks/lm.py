@@ -9,9 +9,19 @@ non-overlapping windows over the held-out stream, one token of overlap, so every
 Real data: ``data`` is the LM1B release folder (``1-billion-word-language-modeling-benchmark-r13output``, or its
 parent) holding ``training-monolingual.tokenized.shuffled/news.en-*`` and
 ``heldout-monolingual.tokenized.shuffled/news.en.heldout-*`` text shards, one sentence per line. The first held-out
-shard in sorted order (``...-00000-of-00050``, the usual test shard) is the ``test`` split. Without ``data`` the
-embedded corpus of ``tasks._text`` is used. Char level is UTF-8 bytes; word pieces come from a ``tokenizers``
+shard in sorted order (``...-00000-of-00050``, the usual test shard) is the ``test`` split. ``data: "hf:ID"`` names an
+LM1B copy on the Hugging Face Hub (``billion-word-benchmark/lm1b``: a ``text`` column, train and test splits) or a
+local folder in its Parquet layout; it is streamed (read in order, stopping after ``max_sentences``) rather than
+converted to Arrow first (measured in the README). Char level is UTF-8 bytes; word pieces come from a ``tokenizers``
 byte-pair-encoding model trained on the training sentences in ``prepare()`` (see ``tasks._text.train_tokenizer``).
+
+Without ``data``: at ``smoke`` scale the reference-manual text of ``tasks._text``; at ``small`` and ``paper`` the
+Shakespeare and Milton corpus of ``tasks._corpus`` (10.7M characters), whose paragraphs are packed like sentences.
+
+Validation (``val``): LM1B has none, so its first training sentences (up to ``VAL_TOKENS`` tokens' worth, at most a
+tenth of those read) are carved off and not trained on; the embedded corpora hold out whole documents for it (topics
+4, 14, ... of the reference manual; works 4, 14, ... of ``tasks._corpus``). Scored on at most 2K / 16K / 131K tokens
+at smoke / small / paper.
 """
 
 from __future__ import annotations
