@@ -90,8 +90,10 @@ def init_distributed(backend: str) -> None:
     import deepspeed
 
     if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return
-    if "RANK" not in os.environ:
+        if torch.distributed.get_backend() == backend or torch.distributed.get_world_size() > 1:
+            return
+        torch.distributed.destroy_process_group()  # a world of one made for another device: remake it
+    if "RANK" not in os.environ or os.environ.get("WORLD_SIZE") == "1":
         os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1")
         torch.distributed.init_process_group(backend, store=torch.distributed.HashStore(), rank=0, world_size=1)
     deepspeed.init_distributed(dist_backend=backend, verbose=False)
