@@ -23,6 +23,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from harness.provenance import git_sha, versions
 from harness.running.grid import Trial
+from harness.running.placement import unplaceable
 from harness.store import ResultStore, rows_for_trial
 
 LOCAL_HOST = "127.0.0.1"
@@ -157,6 +158,11 @@ def run_grid(
         return summary
     started_ray = connect(address)
     sha, dirs = git_sha(), [str(Path(d).resolve()) for d in plugin_dirs or []]
+    for trial, message in unplaceable(pending, embedded=started_ray, warn=lambda m: console.print(f"[yellow]{m}")):
+        store.write_trial(trial.trial_id, _rows(trial, {"error": f"{trial.label} {message}"}, sha))
+        summary.failed.append(trial.trial_id)
+        console.print(f"[red]failed[/red] {trial.label} {message}", highlight=False)
+    pending = [trial for trial in pending if trial.trial_id not in summary.failed]
     remote = ray.remote(execute_trial)
     cap = max_concurrent or len(pending)
     queue, in_flight = list(pending), {}
