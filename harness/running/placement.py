@@ -68,16 +68,29 @@ def cluster_nodes() -> list[dict[str, float]]:
     return [dict(node["Resources"]) for node in ray.nodes() if node.get("Alive")]
 
 
+def autoscaling(status: dict[str, Any] | None) -> bool:
+    """Whether Ray's autoscaling status (what ``ray status`` reads) comes from an autoscaler that can add nodes.
+
+    Without an autoscaling config Ray's monitor still reports, through a read-only provider that names each node's
+    type after the node (``node_<id>``); an autoscaler names them after its config's node types. No status at all
+    (an autoscaler that does not publish one, or none yet) counts as one that may: the cautious side only warns."""
+    if not status:
+        return True
+    mapping = (status.get("autoscaler_report") or {}).get("node_type_mapping") or {}
+    return not mapping or any(kind != f"node_{node}" for node, kind in mapping.items())
+
+
 def has_autoscaler() -> bool:
-    """Whether the joined cluster runs Ray's autoscaler (its monitor publishes a status in the GCS)."""
+    """Whether the joined cluster runs Ray's autoscaler, from the status its monitor publishes in the GCS."""
     if os.environ.get(AUTOSCALER_ENV) in ("0", "1"):
         return os.environ[AUTOSCALER_ENV] == "1"
     try:
         from ray._private import ray_constants
         from ray.experimental.internal_kv import _internal_kv_get
 
-        return bool(_internal_kv_get(ray_constants.DEBUG_AUTOSCALING_STATUS))
-    except Exception:  # an older or newer Ray without that key: assume the cluster may grow, so only warn
+        raw = _internal_kv_get(ray_constants.DEBUG_AUTOSCALING_STATUS)
+        return autoscaling(json.loads(raw) if raw else None)
+    except Exception:  # a Ray without that key or format: assume the cluster may grow, so only warn
         return True
 
 

@@ -3,6 +3,7 @@ and what there is; with an autoscaler it only warns, after a wait. One real embe
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -14,7 +15,7 @@ import pandas as pd
 import pytest
 
 from harness.running.grid import Trial
-from harness.running.placement import check_placement, unplaceable
+from harness.running.placement import autoscaling, check_placement, has_autoscaler, unplaceable
 
 TWO_CPUS = [{"CPU": 2.0, "memory": 8e9}]
 CLUSTER = [{"CPU": 8.0, "GPU": 1.0}, {"CPU": 8.0, "GPU": 1.0}, {"CPU": 4.0}]
@@ -93,6 +94,35 @@ def test_without_an_autoscaler_they_fail_now_and_with_one_only_a_late_warning():
     )
     quiet.wait(0.5)
     assert grown == []
+
+
+def test_autoscaler_detection_from_rays_status():
+    readonly = {"autoscaler_report": {"node_type_mapping": {"17c1": "node_17c1", "9a0e": "node_9a0e"}}}
+    assert not autoscaling(readonly)  # `ray start` nodes, no autoscaling config: fixed
+    configured = {"autoscaler_report": {"node_type_mapping": {"17c1": "ray.head.default", "9a0e": "cpu_worker"}}}
+    assert autoscaling(configured)
+    assert autoscaling(None)  # nothing published: may grow, so only a warning
+
+
+@pytest.mark.slow
+def test_a_real_local_ray_has_no_autoscaler():
+    import ray
+    from ray._private import ray_constants
+    from ray.experimental.internal_kv import _internal_kv_get
+
+    from harness.running.scheduler import connect
+
+    started = connect(None)
+    try:
+        deadline, status = time.time() + 30, {}
+        while not (status.get("autoscaler_report") or {}).get("node_type_mapping") and time.time() < deadline:
+            time.sleep(0.5)  # the monitor publishes its first full status a few seconds after start
+            status = json.loads(_internal_kv_get(ray_constants.DEBUG_AUTOSCALING_STATUS) or b"{}")
+        assert not autoscaling(status), status
+        assert has_autoscaler() is False
+    finally:
+        if started:
+            ray.shutdown()
 
 
 @pytest.mark.slow
