@@ -11,6 +11,7 @@ warning follows if it still cannot fit after a wait (``ATTNBENCH_PLACEMENT_WAIT`
 from __future__ import annotations
 
 import json
+import math
 import os
 import threading
 from collections.abc import Callable, Sequence
@@ -25,9 +26,13 @@ KINDS = {"cpus": "CPU", "gpus": "GPU"}
 
 def bundle(resources: dict[str, Any]) -> tuple[dict[str, float], int]:
     """One worker's Ray resources (only those asked for) and the number of workers."""
-    return {kind: float(resources[key]) for key, kind in KINDS.items() if resources.get(key)}, int(
-        resources.get("workers", 1)
-    )
+    need = {kind: float(resources[key]) for key, kind in KINDS.items() if resources.get(key)}
+    return need, int(resources.get("workers", 1))
+
+
+def _fits(node: dict[str, float], need: dict[str, float]) -> int:
+    """How many bundles ``need`` one node can hold at once."""
+    return min(math.floor(node.get(kind, 0.0) / amount + 1e-9) for kind, amount in need.items())
 
 
 def _show(resources: dict[str, float]) -> str:
@@ -38,10 +43,9 @@ def _problem(resources: dict[str, Any], nodes: Sequence[dict[str, float]]) -> st
     need, workers = bundle(resources)
     if not need:
         return None
+    if sum(_fits(node, need) for node in nodes) >= workers:  # identical bundles: counting per node is exact
+        return None
     total = {kind: sum(node.get(kind, 0.0) for node in nodes) for kind in need}
-    if any(all(node.get(kind, 0.0) >= amount for kind, amount in need.items()) for node in nodes):
-        if all(total[kind] >= amount * workers for kind, amount in need.items()):
-            return None
     largest = {kind: max((node.get(kind, 0.0) for node in nodes), default=0.0) for kind in need}
     asked = f"{_show(need)}" + (f" per worker x {workers} workers" if workers > 1 else "")
     where = f"{len(nodes)} node{'s' if len(nodes) != 1 else ''}"

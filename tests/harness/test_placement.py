@@ -44,6 +44,7 @@ def trial(cpus: float = 1, gpus: float = 0, workers: int = 1, seed: int = 0) -> 
         ({"cpus": 8, "gpus": 1}, CLUSTER),
         ({"cpus": 4, "gpus": 1, "workers": 2}, CLUSTER),  # one worker on each GPU node
         ({"cpus": 4, "workers": 5}, CLUSTER),  # 20 CPUs of 20, spread
+        ({"cpus": 0.5, "workers": 4}, TWO_CPUS),  # fractions: four halves on two CPUs
     ],
 )
 def test_trials_that_fit_somewhere_pass(resources, nodes):
@@ -58,6 +59,7 @@ def test_trials_that_fit_somewhere_pass(resources, nodes):
         ({"cpus": 9}, CLUSTER, "asks for CPU 9", "(3 nodes) offers at most CPU 8 on one node and CPU 20 in all"),
         ({"cpus": 1, "gpus": 1, "workers": 3}, CLUSTER, "GPU 1 per worker x 3 workers", "GPU 2 in all"),
         ({"cpus": 2, "gpus": 2}, CLUSTER, "GPU 2", "at most CPU 8, GPU 1 on one node"),
+        ({"cpus": 5, "workers": 2}, [{"CPU": 8.0}, {"CPU": 2.0}], "CPU 5 per worker x 2", "CPU 10 in all"),  # packing
     ],
 )
 def test_trials_that_can_never_fit_name_the_request_and_what_is_available(resources, nodes, asked, offered):
