@@ -22,6 +22,7 @@ from rich.console import Console
 
 from harness.provenance import git_sha, versions
 from harness.running.grid import Trial
+from harness.running.placement import unplaceable
 from harness.store import ResultStore, rows_for_trial
 
 LOCAL_HOST = "127.0.0.1"
@@ -190,12 +191,17 @@ def run_grid(
     checkpoints = checkpoints or default_checkpoints(store.root)
     started_ray = connect(address)
     sha, dirs = git_sha(), [str(Path(d).resolve()) for d in plugin_dirs or []]
-    remote = ray.remote(execute_trial)
-    board = ray.remote(num_cpus=0)(ProgressBoard).remote()
-    cap = max_concurrent or len(pending)
-    queue, in_flight = list(pending), {}
     clock = time.perf_counter()
     try:
+        for trial, message in unplaceable(pending, embedded=started_ray, warn=lambda m: console.print(f"[yellow]{m}")):
+            store.write_trial(trial.trial_id, _rows(trial, {"error": f"{trial.label} {message}"}, sha))
+            summary.failed.append(trial.trial_id)
+            console.print(f"[red]failed[/red] {trial.label} {message}", highlight=False)
+        pending = [trial for trial in pending if trial.trial_id not in summary.failed]
+        remote = ray.remote(execute_trial)
+        board = ray.remote(num_cpus=0)(ProgressBoard).remote()
+        cap = max_concurrent or len(pending) or 1
+        queue, in_flight = list(pending), {}
         with GridProgress(console, len(pending), plain_every=progress_every, stall_after=stall_after) as progress:
             while queue or in_flight:
                 while queue and len(in_flight) < cap:
