@@ -1,7 +1,8 @@
 """The ``attnbench`` command: run grids, list what exists, render reports.
 
-Bad input (a grid with a YAML error, an unknown key, plugin, task or parameter, a wrong type) exits with status 2 and
-one line naming the file and the field, before Ray starts or the store is touched.
+Listings, dry runs and each command's result go to stdout; progress and diagnostics go to stderr. Bad input (a grid
+with a YAML error, an unknown key, plugin, task or parameter, a wrong type) exits with status 2 and one line naming
+the file and the field, before Ray starts or the store is touched.
 """
 
 from __future__ import annotations
@@ -9,22 +10,87 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from rich.console import Console
 
 EXIT_BAD_INPUT, EXIT_TRIALS_FAILED = 2, 1
+EXAMPLES = """examples:
+  attnbench list | grep sink                  what exists: attentions, tasks, shipped grids
+  attnbench run smoke --dry-run               the demo grid's trials, without running them
+  attnbench run smoke && attnbench report     run the demo grid, then render reports/report.html
+  attnbench run my_grid.yaml --address auto   run on the Ray cluster this machine belongs to
+"""
 
 
-def _run(args: argparse.Namespace, console: Console) -> int:
+@dataclass
+class Consoles:
+    """``out`` (stdout) for what a command answers, ``err`` (stderr) for progress and diagnostics."""
+
+    out: Console
+    err: Console
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("attnbench")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown (not installed)"
+
+
+def _dry_run(grid, trials: list, results: Path, out: Console) -> int:
+    """Each expanded trial on one line, the count and how many are stored; starts no Ray, writes nothing."""
+    from harness.store import ResultStore
+
+    finished = ResultStore(results).finished_ids() if results.exists() else set()
+    unique = list({trial.trial_id: trial for trial in trials}.values())
+    lines = [
+        (
+            trial.trial_id,
+            trial.task + "".join(f" {k}={v}" for k, v in sorted(trial.task_params.items())),
+            trial.attention,
+            ",".join(f"{k}={v}" for k, v in sorted(trial.params.items())) or "-",
+            f"seed={trial.seed}",
+            " ".join(f"{k}={v:g}" for k, v in trial.resources.items() if k != "max_retries"),
+            "stored" if trial.trial_id in finished else "to run",
+        )
+        for trial in unique
+    ]
+    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))] if lines else []
+    for line in lines:
+        out.print(
+            "  ".join(f"{cell:<{w}}" for cell, w in zip(line, widths, strict=True)).rstrip(),
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
+    stored = sum(line[-1] == "stored" for line in lines)
+    out.print(
+        f"grid {grid.name}: {len(unique)} trials, {stored} already stored in {results}, {len(unique) - stored} to run"
+        " (dry run: nothing started, nothing written)",
+        highlight=False,
+        soft_wrap=True,
+    )
+    return 0
+
+
+def _run(args: argparse.Namespace, consoles: Consoles) -> int:
     import attentions
     from harness.running.grid import load_trials
-    from harness.running.scheduler import run_grid
-    from harness.store import ResultStore
 
     for folder in args.plugins:
         attentions.load_plugin_dir(folder)
     grid, trials = load_trials(args.grid)
+    if args.dry_run:
+        return _dry_run(grid, trials, args.results, consoles.out)
+
+    from harness.running.scheduler import run_grid
+    from harness.store import ResultStore
+
+    console = consoles.err
     console.print(f"grid [bold]{grid.name}[/bold]: {len(trials)} trials -> {args.results}")
     summary = run_grid(
         trials,
@@ -37,9 +103,10 @@ def _run(args: argparse.Namespace, console: Console) -> int:
         progress_every=args.progress_every,
         stall_after=args.stall_warning,
     )
-    console.print(
+    consoles.out.print(
         f"done in {summary.seconds:.1f}s: {len(summary.ok)} ok, {len(summary.failed)} failed, "
-        f"{summary.skipped} already stored; results in {args.results}"
+        f"{summary.skipped} already stored; results in {args.results}",
+        highlight=False,
     )
     if summary.failed:
         console.print(f"[red]{len(summary.failed)} trials failed; their errors are stored (status = failed)[/red]")
@@ -47,13 +114,14 @@ def _run(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
-def _list(args: argparse.Namespace, console: Console) -> int:
+def _list(args: argparse.Namespace, consoles: Consoles) -> int:
     import attentions
     import tasks
     from harness.running.grid import shipped_grids
 
     for folder in args.plugins:
         attentions.load_plugin_dir(folder)
+    console = consoles.out
     console.print("[bold]attentions[/bold]")
     for name in attentions.names():
         params = ", ".join(f"{k}={p.default!r}" for k, p in attentions.parameters(name).items())
@@ -68,15 +136,15 @@ def _list(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
-def _report(args: argparse.Namespace, console: Console) -> int:
+def _report(args: argparse.Namespace, consoles: Consoles) -> int:
     from harness.reporting.report import write_report
 
     path = write_report(args.results, args.out)
-    console.print(f"report written to {path}")
+    consoles.out.print(f"report written to {path}", highlight=False)
     return 0
 
 
-def _bench(args: argparse.Namespace, console: Console) -> int:
+def _bench(args: argparse.Namespace, consoles: Consoles) -> int:
     import datetime as dt
 
     import attentions
@@ -99,6 +167,7 @@ def _bench(args: argparse.Namespace, console: Console) -> int:
         "repeats": args.repeats,
         "block_plugins": sorted(n for n in names if "block_size" in attentions.parameters(n)),
     }
+    console, out = consoles.err, consoles.out
     console.print(f"bench: {', '.join(names)} at L = {', '.join(map(str, args.lengths))}")
     rows = []
     for name in names:  # one plugin at a time, so progress shows
@@ -113,87 +182,153 @@ def _bench(args: argparse.Namespace, console: Console) -> int:
             )
         rows += measured
         for row in measured:
-            console.print(
+            out.print(
                 f"  {name:<18} L={row['length']:<6} {row['device']:<5} {row['seconds_min'] * 1e3:9.2f} ms  "
                 f"peak {row['peak_memory_bytes'] / 2**20:9.2f} MiB  saved {row['saved_bytes'] / 2**20:9.2f} MiB",
                 highlight=False,
                 soft_wrap=True,
             )
     stored = bench.store_sweep(args.results, rows, config)
-    console.print(f"{stored} measurements stored in {args.results}")
+    out.print(f"{stored} measurements stored in {args.results}", highlight=False)
     for name, exponent in sorted(regression.memory_exponents(rows).items()):
-        console.print(f"  memory of {name:<18} ~ L^{exponent:.2f}", highlight=False)
+        out.print(f"  memory of {name:<18} ~ L^{exponent:.2f}", highlight=False)
     if args.save_baseline:
         regression.save_baseline(args.save_baseline, regression.make_baseline(rows, config))
-        console.print(f"baseline written to {args.save_baseline}")
+        out.print(f"baseline written to {args.save_baseline}", highlight=False)
     problems = regression.complexity(rows)
     if args.check:
         problems += regression.compare(regression.load_baseline(args.check), rows)
     for problem in problems:
         console.print(f"[red]regression:[/red] {problem}", highlight=False)
     if args.check or problems:
-        console.print(
-            "bench check: " + (f"[red]{len(problems)} regressions[/red]" if problems else "[green]ok[/green]")
-        )
+        out.print("bench check: " + (f"[red]{len(problems)} regressions[/red]" if problems else "[green]ok[/green]"))
     return EXIT_TRIALS_FAILED if problems else 0
 
 
+def _plugins_option(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--plugins",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="also load every *.py in DIR as attention plugins (repeatable)",
+    )
+
+
+def _results_option(command: argparse.ArgumentParser, what: str) -> None:
+    command.add_argument(
+        "--results", type=Path, default=Path("results"), metavar="DIR", help=f"{what} (default: %(default)s)"
+    )
+
+
 def parser() -> argparse.ArgumentParser:
-    top = argparse.ArgumentParser(prog="attnbench", description=__doc__.splitlines()[0])
-    verbs = top.add_subparsers(dest="verb", required=True)
-    run = verbs.add_parser("run", help="run a grid (a YAML file or the name of a shipped grid)")
-    run.add_argument("grid")
-    run.add_argument("--address", default=None, help="Ray cluster to join: auto, HOST:PORT or ray://HOST:10001")
-    run.add_argument("--results", type=Path, default=Path("results"), help="Parquet store directory")
-    run.add_argument("--plugins", action="append", default=[], metavar="DIR", help="load every *.py in DIR")
-    run.add_argument("--max-concurrent", type=int, default=None, help="at most N trials at once")
+    top = argparse.ArgumentParser(
+        prog="attnbench",
+        description=__doc__.split("\n\n")[0].replace("``", ""),
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    top.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    verbs = top.add_subparsers(dest="verb", required=True, metavar="COMMAND")
+
+    run = verbs.add_parser(
+        "run",
+        help="run a grid's trials on Ray and store their results",
+        description="Run every trial of a grid not already stored as ok; each is stored the moment it finishes, so "
+        "re-running an interrupted grid resumes it. Trials that can never fit the cluster fail at once.",
+    )
+    run.add_argument("grid", metavar="GRID", help="a grid YAML file, or the name of a shipped grid (attnbench list)")
+    run.add_argument(
+        "--address",
+        default=None,
+        help="Ray cluster to join: auto, HOST:PORT or ray://HOST:10001 (default: $RAY_ADDRESS, else an embedded Ray)",
+    )
+    _results_option(run, "Parquet store the results go to")
+    _plugins_option(run)
+    run.add_argument(
+        "--max-concurrent", type=int, default=None, metavar="N", help="run at most N trials at once (default: no cap)"
+    )
+    run.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the expanded trials, their count and how many are already stored; start nothing, write nothing",
+    )
+
     run.add_argument(
         "--checkpoints",
         default=None,
         metavar="DIR|URI",
         help="where trials checkpoint and resume: a folder or a pyarrow URI such as s3://bucket/ckpt "
-        "(default: RESULTS/checkpoints; on a multi-node cluster it must be storage every node reaches)",
+        "(default: RESULTS/checkpoints; on a multi-node cluster, storage that every node reaches)",
     )
     run.add_argument(
         "--progress-every",
         type=float,
         default=30.0,
         metavar="SECONDS",
-        help="period of the plain progress lines when stderr is not a terminal",
+        help="period of the plain progress lines when stderr is not a terminal (default: %(default)s)",
     )
     run.add_argument(
         "--stall-warning",
         type=float,
         default=600.0,
         metavar="SECONDS",
-        help="warn about a running trial that reports no progress for this long",
+        help="warn about a running trial that reports no progress for this long (default: %(default)s)",
     )
-    listing = verbs.add_parser("list", help="list attentions, tasks and shipped grids")
-    listing.add_argument("--plugins", action="append", default=[], metavar="DIR")
-    report = verbs.add_parser("report", help="render the store as one HTML page")
-    report.add_argument("--results", type=Path, default=Path("results"))
-    report.add_argument("--out", type=Path, default=Path("reports/report.html"))
-    sweep = verbs.add_parser("bench", help="speed & memory sweep of plugins (forward + backward) -> the store")
-    sweep.add_argument("--lengths", type=int, nargs="+", default=[256, 512, 1024, 2048])
-    sweep.add_argument("--attentions", nargs="+", default=None, help="plugins to measure (default: all)")
-    sweep.add_argument("--heads", type=int, default=4)
-    sweep.add_argument("--head-dim", type=int, default=64)
-    sweep.add_argument("--block-size", type=int, default=64)
-    sweep.add_argument("--repeats", type=int, default=3)
-    sweep.add_argument("--results", type=Path, default=Path("results"))
-    sweep.add_argument("--plugins", action="append", default=[], metavar="DIR")
+
+    listing = verbs.add_parser(
+        "list", help="list attentions, tasks and shipped grids", description="List attentions, tasks and grids."
+    )
+    _plugins_option(listing)
+
+    report = verbs.add_parser(
+        "report",
+        help="render the results store as one HTML page",
+        description="Render the store as one self-contained HTML page: tables beside the paper's, figures, configs.",
+    )
+    _results_option(report, "Parquet store to read")
+    report.add_argument(
+        "--out",
+        type=Path,
+        default=Path("reports/report.html"),
+        metavar="FILE",
+        help="page to write (default: %(default)s)",
+    )
+
+    sweep = verbs.add_parser(
+        "bench",
+        help="speed & memory sweep of plugins (forward + backward) -> the store",
+        description="Time and measure the memory of plugins' forward + backward at several lengths; store the sweep.",
+    )
+    sweep.add_argument(
+        "--lengths", type=int, nargs="+", default=[256, 512, 1024, 2048], metavar="L", help="sequence lengths"
+    )
+    sweep.add_argument(
+        "--attentions", nargs="+", default=None, metavar="NAME", help="plugins to measure (default: all)"
+    )
+    sweep.add_argument("--heads", type=int, default=4, help="attention heads (default: %(default)s)")
+    sweep.add_argument("--head-dim", type=int, default=64, help="width of each head (default: %(default)s)")
+    sweep.add_argument(
+        "--block-size", type=int, default=64, help="block size of the block plugins (default: %(default)s)"
+    )
+    sweep.add_argument("--repeats", type=int, default=3, help="timed runs per point; the minimum counts")
+    _results_option(sweep, "Parquet store the measurements go to")
+    _plugins_option(sweep)
     sweep.add_argument("--check", type=Path, default=None, metavar="BASELINE", help="fail on regressions against it")
-    sweep.add_argument("--save-baseline", type=Path, default=None, metavar="FILE")
+    sweep.add_argument(
+        "--save-baseline", type=Path, default=None, metavar="FILE", help="write this sweep as the new baseline"
+    )
     return top
 
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     args = parser().parse_args(argv)
-    console = Console(stderr=True)
+    consoles = Consoles(out=Console(), err=Console(stderr=True))
+    console = consoles.err
     handlers = {"run": _run, "list": _list, "report": _report, "bench": _bench}
     try:
-        return handlers[args.verb](args, console)
+        return handlers[args.verb](args, consoles)
     except ValueError as exc:  # GridError and every plugin/task validation error
         console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
         return EXIT_BAD_INPUT

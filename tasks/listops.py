@@ -6,7 +6,8 @@ A sequence is a nested prefix expression over the digits 0-9 with four list oper
 Long Range Arena's rules: at most 10 arguments per operator, nesting depth at most 10, sequence length up to 2000
 tokens (paper scale draws target lengths uniformly in [500, 2000]). Synthetic: every expression is generated from the
 seed, training batches from (seed, step) (an endless stream, where LRA fixes 96K training examples), the test split
-and the validation split (``val``, as many examples as test, its own seed stream) from the seed alone. Tokens: digits 2..11, the four operators 12..15, the closing bracket 16 (0 PAD, 1 BOS unused).
+and the validation split (``val``, as many examples as test, from a seed stream of its own) from the seed alone.
+Tokens: digits 2..11, the four operators 12..15, the closing bracket 16 (0 PAD, 1 BOS unused).
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """The report's figures (seaborn on matplotlib's Agg canvas), embedded in the page as base64 PNG.
 
-Figures 3 and 4 of the paper (a sinkhorn parameter against each headline metric) and the speed and memory sweep of
-``attnbench bench`` (seconds and peak memory against length, log-log). Each figure also returns the points it plots,
+Every table's headline metrics per attention (points with 95% intervals), Figures 3 and 4 of the paper (a sinkhorn
+parameter against each headline metric) and the speed and memory sweep of ``attnbench bench`` (seconds and peak memory
+against length, log-log). Each figure also returns the points it plots,
 with the trials behind them, so the page can list them. No pyplot: figures never touch global backend state.
 """
 
@@ -50,6 +51,46 @@ def _grid(panels: int, width: float = 4.8, height: float = 3.4, columns: int = 3
     for extra in axes[panels:]:
         extra.set_visible(False)
     return figure, axes[:panels]
+
+
+def headline_figure(points: pd.DataFrame, order: list[str] | None = None) -> dict | None:
+    """One panel per column (setting · split · metric): each attention's mean over seeds with its 95% t-interval, and
+    the seeds themselves as small dots. ``points`` holds final rows: ``facet, label, metric, value`` (as displayed),
+    plus ``seed`` and ``trial_id``; ``order`` fixes the attentions' order (default: as they come). None when empty."""
+    points = points.dropna(subset=["value"])
+    if points.empty:
+        return None
+    labels = [label for label in order or [] if label in set(points["label"])]
+    labels += [label for label in dict.fromkeys(points["label"]) if label not in labels]
+    data = points.assign(line=points["label"].map(_text))
+    lines = [_text(label) for label in labels]
+    palette = dict(zip(lines, sns.color_palette("colorblind", len(lines)), strict=True))
+    facets = list(dict.fromkeys(data["facet"]))
+    summary = []
+    with sns.axes_style("whitegrid"), sns.plotting_context("notebook", font_scale=0.85):
+        figure, axes = _grid(len(facets), width=4.8, height=0.9 + 0.42 * len(lines))
+        for ax, facet in zip(axes, facets, strict=True):
+            part = data[data["facet"] == facet]
+            sns.stripplot(
+                data=part, x="value", y="line", order=lines, hue="line", palette=palette, size=4, alpha=0.45,
+                jitter=0.12, legend=False, ax=ax,
+            )  # fmt: skip
+            for y, line in enumerate(lines):
+                got = part.loc[part["line"] == line, "value"]
+                if got.empty:
+                    continue
+                mean, ci, n = mean_ci(got)
+                half = 0.0 if math.isnan(ci) else ci
+                ax.errorbar([mean], [y], xerr=[half], fmt="D", color=palette[line], markersize=6, capsize=4)
+                summary.append({"facet": facet, "label": labels[y], "mean": mean, "ci": half, "n": n})
+            ax.set_title(_text(facet), fontsize=9)
+            ax.set_xlabel("mean over seeds, 95% CI (dots: seeds)")
+            ax.set_ylabel("")
+            ax.set_yticks(range(len(lines)), [line if len(line) <= 60 else line[:59] + "…" for line in lines])
+            if ax.get_subplotspec().colspan.start:  # the same attentions on every row: name them once, at the left
+                ax.tick_params(labelleft=False)
+        png = _png(figure)
+    return {"png": png, "alt": "headline metrics per attention: " + "; ".join(facets), "points": summary}
 
 
 def sweep_figure(param: str, trials: pd.DataFrame, values: pd.DataFrame) -> dict | None:

@@ -36,6 +36,8 @@ def _table_section(section: Section, trials: pd.DataFrame, values: pd.DataFrame,
         in_context = trials[trials["context"] == context]
         table = build_table(section, in_context, values, ablation=ablation)
         table["caption"] = caption
+        order = [row["label"] for row in table["rows"] if not row["paper_only"]]
+        table["figure"] = figures.headline_figure(table.pop("points"), order)
         tables.append(table)
     failed = int((trials["status"] == "failed").sum())
     return {

@@ -94,7 +94,19 @@ def build_table(section: Section, trials: pd.DataFrame, values: pd.DataFrame, ab
     body.sort(key=lambda r: _order(r["attrs"], r["label"], ablation))
     _mark_best(columns, body)
     headers = _headers(columns)
-    return {"columns": headers, "rows": body}
+    ours = [f"{h['top']} · {h['metric']}" for h in headers if h["kind"] == "ours"]
+    facet = dict(zip([c["key"] for c in columns if c["key"] is not None], ours, strict=True))
+    points = pd.DataFrame(
+        {
+            "facet": values["column"].map(facet),
+            "label": values["row"],
+            "metric": values["metric"],
+            "value": [scaled(m, v) for m, v in zip(values["metric"], values["value"], strict=True)],
+            "seed": values["seed"],
+            "trial_id": values["trial_id"],
+        }
+    )
+    return {"columns": headers, "rows": body, "points": points}
 
 
 def _row_label(section: Section, trial: pd.Series, ablation: bool) -> str:

@@ -82,6 +82,9 @@ class Grid(_Strict):
     model: ModelOverrides = ModelOverrides()
     train: TrainConfig = TrainConfig()
     resources: Resources = Resources()
+    exclude: list[dict[Literal["task", "attention"], str]] = Field(
+        [], description="cells left out of the product: {task: NAME, attention: NAME}, either key alone matches all"
+    )
 
 
 @dataclass(frozen=True)
@@ -179,6 +182,7 @@ def load(grid: str | Path) -> Grid:
         value = "" if err["type"] == "missing" else f" (got {err.get('input')!r})"
         raise GridError(f"{path}: {_where(err['loc'])}: {err['msg']}{value}{more}") from None
     _check_names(path, parsed)
+    _check_exclude(path, parsed)
     return parsed
 
 
@@ -215,6 +219,22 @@ def _check_names(path: Path, grid: Grid) -> None:
                     ) from None
 
 
+def _check_exclude(path: Path, grid: Grid) -> None:
+    """Each ``exclude`` entry names a task and/or an attention of this grid (a typo must not exclude nothing)."""
+    known = {"task": {name for name, _ in _task_entries(grid)}, "attention": set(grid.attentions)}
+    for index, entry in enumerate(grid.exclude):
+        if not entry:
+            raise GridError(f"{path}: exclude.{index}: name a task, an attention or both")
+        for key, name in entry.items():
+            if name not in known[key]:
+                raise GridError(f"{path}: exclude.{index}.{key}: {name!r} is not one of the grid's {key}s")
+
+
+def _excluded(grid: Grid, task: str, attention: str) -> bool:
+    cell = {"task": task, "attention": attention}
+    return any(all(cell[k] == v for k, v in entry.items()) for entry in grid.exclude)
+
+
 def _sweep(params: dict[str, Any]) -> list[dict[str, Any]]:
     keys = sorted(params)
     values = [params[k] if isinstance(params[k], list) else [params[k]] for k in keys]
@@ -232,8 +252,10 @@ def expand(grid: Grid, path: str | Path = "<grid>") -> list[Trial]:
             raise GridError(f"{path}: tasks.{task_name}: {exc}") from None
         model = {**asdict(spec.model), **overrides}
         for name, swept in grid.attentions.items():
+            if _excluded(grid, task_name, name):
+                continue
             for params in _sweep(swept):
-                _check_cell(path, spec, model, name, params)
+                _check_cell(path, task_name, spec, model, name, params)
                 for seed in grid.seeds:
                     trials.append(
                         Trial(
@@ -252,7 +274,9 @@ def expand(grid: Grid, path: str | Path = "<grid>") -> list[Trial]:
     return trials
 
 
-def _check_cell(path, spec: tasks.TaskSpec, model: dict[str, Any], name: str, params: dict[str, Any]) -> None:
+def _check_cell(
+    path, task: str, spec: tasks.TaskSpec, model: dict[str, Any], name: str, params: dict[str, Any]
+) -> None:
     """Build the plugin in every causal mode the task's model needs; a ValueError becomes a GridError."""
     modes = {"lm": [True], "classify": [False], "seq2seq": [False, True]}[spec.kind]
     if model["dim"] % model["heads"]:
@@ -268,7 +292,7 @@ def _check_cell(path, spec: tasks.TaskSpec, model: dict[str, Any], name: str, pa
                 **params,
             )
         except ValueError as exc:
-            raise GridError(f"{path}: attentions.{name} {params or ''} on task {spec.kind}: {exc}") from None
+            raise GridError(f"{path}: attentions.{name} {params or ''} on task {task} ({spec.kind}): {exc}") from None
 
 
 def load_trials(grid: str | Path) -> tuple[Grid, list[Trial]]:

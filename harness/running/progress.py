@@ -37,7 +37,10 @@ def reporter(board, trial_id: str):
     """The ``progress`` callback a trial gets: fire-and-forget reports to the board actor."""
 
     def report(info: dict[str, Any]) -> None:
-        board.update.remote(trial_id, info)
+        try:
+            board.update.remote(trial_id, info)
+        except Exception:  # the driver's board is gone (driver lost or restarted): training goes on regardless
+            pass
 
     return report
 

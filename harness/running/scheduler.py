@@ -22,6 +22,7 @@ from rich.console import Console
 
 from harness.provenance import git_sha, versions
 from harness.running.grid import Trial
+from harness.running.placement import unplaceable
 from harness.store import ResultStore, rows_for_trial
 
 LOCAL_HOST = "127.0.0.1"
@@ -140,13 +141,31 @@ def _rows(trial: Trial, outcome: dict[str, Any], sha: str | None) -> list[dict[s
 def _headline(outcome: dict[str, Any]) -> str:
     if outcome.get("error"):
         return outcome["error"].splitlines()[0][:120]
-    metrics = outcome["result"]["metrics"]
+    result = outcome["result"]
+    metrics = result["metrics"]
+    resumed = f"(resumed from step {result['resumed_from_step']}) " if result.get("resumed_from_step") else ""
     shown = [
         f"{split}/{name}={value:.4g}"
         for split, name, value, step in metrics
         if step is None and split not in ("train", "eval", "val") and name != "loss"
     ]
-    return " ".join(shown[:3])
+    return resumed + " ".join(shown[:3])
+
+
+def _progress_board(ray):
+    """The progress actor, pinned (softly) to the driver's node so that losing a worker node does not take it along;
+    trials that still hold a lost board's handle keep training, their reports simply go nowhere."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    from harness.running.progress import ProgressBoard
+
+    options: dict[str, Any] = {"num_cpus": 0, "max_restarts": -1}
+    try:
+        node = ray.get_runtime_context().get_node_id()
+        options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node_id=node, soft=True)
+    except Exception:  # a Ray client driver is on no node of the cluster
+        pass
+    return ray.remote(**options)(ProgressBoard).remote()
 
 
 def default_checkpoints(results: str | Path) -> str:
@@ -176,7 +195,7 @@ def run_grid(
     import ray
 
     from harness.running.checkpoints import TrialCheckpoints
-    from harness.running.progress import GridProgress, ProgressBoard
+    from harness.running.progress import GridProgress
 
     console = console or Console(stderr=True)
     unique = list({trial.trial_id: trial for trial in trials}.values())
@@ -190,12 +209,17 @@ def run_grid(
     checkpoints = checkpoints or default_checkpoints(store.root)
     started_ray = connect(address)
     sha, dirs = git_sha(), [str(Path(d).resolve()) for d in plugin_dirs or []]
-    remote = ray.remote(execute_trial)
-    board = ray.remote(num_cpus=0)(ProgressBoard).remote()
-    cap = max_concurrent or len(pending)
-    queue, in_flight = list(pending), {}
     clock = time.perf_counter()
     try:
+        for trial, message in unplaceable(pending, embedded=started_ray, warn=lambda m: console.print(f"[yellow]{m}")):
+            store.write_trial(trial.trial_id, _rows(trial, {"error": f"{trial.label} {message}"}, sha))
+            summary.failed.append(trial.trial_id)
+            console.print(f"[red]failed[/red] {trial.label} {message}", highlight=False)
+        pending = [trial for trial in pending if trial.trial_id not in summary.failed]
+        remote = ray.remote(execute_trial)
+        board = _progress_board(ray)
+        cap = max_concurrent or len(pending) or 1
+        queue, in_flight = list(pending), {}
         with GridProgress(console, len(pending), plain_every=progress_every, stall_after=stall_after) as progress:
             while queue or in_flight:
                 while queue and len(in_flight) < cap:
@@ -218,7 +242,11 @@ def run_grid(
                     progress.finished(trial.trial_id, ok=not outcome.get("error"))
                     status = "[red]failed[/red]" if outcome.get("error") else "[green]ok[/green]"
                     progress.print(f"{status} {trial.label} {_headline(outcome)}")
-                progress.refresh(ray.get(board.snapshot.remote()))
+                try:
+                    progress.refresh(ray.get(board.snapshot.remote(), timeout=30))
+                except (ray.exceptions.RayError, TimeoutError):  # progress is a view: losing it never stops a grid
+                    board = _progress_board(ray)
+                    progress.refresh({})
     finally:
         if started_ray:
             ray.shutdown()

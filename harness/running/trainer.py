@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import os
-import socket
 import tempfile
 import time
 from collections.abc import Callable
@@ -83,21 +82,20 @@ SMOOTHING = 0.98  # the training loss is reported as an EMA over about 50 steps,
 PROGRESS_SECONDS = 2.0  # how often a running trial tells the driver where it is
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def init_distributed(backend: str) -> None:
-    """Join (or create, for a single process) the torch.distributed group DeepSpeed trains on."""
+    """Join (or create, for a single process) the torch.distributed group DeepSpeed trains on.
+
+    A process on its own gets a world of one over an in-memory store: no TCP port to pick, so nothing can collide
+    with another trial or program on the machine. Multi-worker trials arrive with RANK set by Ray Train."""
     import deepspeed
 
     if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return
-    if "RANK" not in os.environ:  # one process on its own: a world of one on loopback
-        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1")
-        os.environ["MASTER_PORT"] = str(_free_port())
+        if torch.distributed.get_backend() == backend or torch.distributed.get_world_size() > 1:
+            return
+        torch.distributed.destroy_process_group()  # a world of one made for another device: remake it
+    if "RANK" not in os.environ or os.environ.get("WORLD_SIZE") == "1":
+        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1")
+        torch.distributed.init_process_group(backend, store=torch.distributed.HashStore(), rank=0, world_size=1)
     deepspeed.init_distributed(dist_backend=backend, verbose=False)
 
 
@@ -153,6 +151,10 @@ def run_trial(
     device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if use_cuda else torch.device("cpu")
     if use_cuda:
         torch.cuda.set_device(device)
+    else:
+        # The trial's CPUs are its intra-op threads wherever it runs (a Ray worker, or run_trial in a notebook), so a
+        # re-run reduces in the same order and gets the same bits.
+        torch.set_num_threads(max(1, int(config["resources"].get("cpus", 1))))
     torch.manual_seed(config["seed"])
 
     task = tasks.build(config["task"], scale=config["scale"], seed=config["seed"], **config["task_params"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import signal
 import subprocess
@@ -133,3 +134,78 @@ def test_driver_killed_with_sigkill_resumes_with_every_trial_exactly_once(tmp_pa
     )
     assert (per_trial == 0).all()  # no (split, metric) row twice within any trial
     assert {p.name for p in results.glob("part-*.parquet")} >= stored_before
+
+
+def test_list_goes_to_stdout_so_it_can_be_piped():
+    listing = cli("list", timeout=120)
+    assert listing.returncode == 0, listing.stderr
+    assert listing.stderr == ""
+    lines = [line for line in listing.stdout.splitlines() if "sink" in line]  # `attnbench list | grep sink`
+    assert {line.split()[0] for line in lines} >= {"sinkhorn", "sinkhorn_mixture", "sinkformer"}
+    assert "smoke" in listing.stdout.split()
+
+
+def test_help_version_and_every_option_has_help():
+    from harness.cli import parser
+
+    top = cli("--help", timeout=60)
+    assert top.returncode == 0 and "``" not in top.stdout and "attnbench run smoke --dry-run" in top.stdout
+    version = cli("--version", timeout=60)
+    assert (
+        version.returncode == 0 and version.stdout.startswith("attnbench ") and version.stdout.split()[1][0].isdigit()
+    )
+    verbs = next(a for a in parser()._actions if isinstance(a, argparse._SubParsersAction))
+    assert {c.dest for c in verbs._choices_actions} == set(verbs.choices)  # every command has a help line
+    for name, command in verbs.choices.items():
+        assert command.description and "``" not in command.description, name
+        for action in command._actions:
+            assert action.help, f"attnbench {name} {action.dest}: no help text"
+        shown = cli(name, "--help", timeout=60)
+        assert shown.returncode == 0 and "``" not in shown.stdout, name
+
+
+def test_dry_run_lists_trials_and_counts_stored_without_ray_or_writes(tmp_path):
+    from harness.running.grid import load_trials
+    from harness.store import ResultStore, rows_for_trial
+
+    grid = grid_file(tmp_path, "{vanilla: {}, local: {block_size: [2, 4]}}", seeds="[0, 1]")
+    missing = tmp_path / "never"
+    started = time.perf_counter()
+    dry = cli("run", str(grid), "--results", str(missing), "--dry-run", timeout=120)
+    assert time.perf_counter() - started < 30  # no Ray start
+    assert dry.returncode == 0, dry.stderr
+    lines = dry.stdout.strip().splitlines()
+    assert len(lines) == 7 and lines[-1].startswith("grid tiny: 6 trials, 0 already stored")
+    first = lines[2].split()
+    assert first[1:4] == ["sort", "test_size=16", "train_size=200"] and "local" in first and "block_size=2" in first
+    assert "seed=0" in first and "cpus=1" in first and "workers=1" in first and first[-2:] == ["to", "run"]
+    assert not missing.exists()
+
+    results = tmp_path / "results"
+    trial = load_trials(grid)[1][0]
+    ResultStore(results).write_trial(
+        trial.trial_id,
+        rows_for_trial(trial.trial_id, trial.config(), metrics=[("test", "loss", 1.0)], error=None, common={}),
+    )
+    before = sorted(results.rglob("*"))
+    probe = (
+        "import sys; from harness.cli import main; code = main(sys.argv[1:]); "
+        "assert 'ray' not in sys.modules, 'dry run imported ray'; sys.exit(code)"
+    )
+    dry = subprocess.run(
+        [sys.executable, "-c", probe, "run", str(grid), "--results", str(results), "--dry-run"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert dry.returncode == 0, dry.stderr
+    assert "6 trials, 1 already stored" in dry.stdout
+    assert [line.split()[-1] for line in dry.stdout.splitlines()[:6]].count("stored") == 1
+    assert sorted(results.rglob("*")) == before
+
+
+def test_an_invalid_cell_names_the_task_on_the_command_line(tmp_path):
+    bad = grid_file(tmp_path, "{sortcut: {block_size: 4}}")
+    run = cli("run", str(bad), "--dry-run", timeout=120)
+    assert run.returncode == 2 and run.stdout == ""
+    assert "attentions.sortcut {'block_size': 4} on task sort (seq2seq)" in " ".join(run.stderr.split())

@@ -56,10 +56,29 @@ def test_include_overrides_key_by_key(tmp_path):
     assert len(expand(grid)) == 5
 
 
-def test_shipped_smoke_grid_loads():
+def test_shipped_smoke_grid_runs_the_sinkhorn_family_beside_the_baselines():
     grid, trials = load_trials("smoke")
-    assert grid.scale == "smoke" and {t.attention for t in trials} == {"vanilla", "local", "sparse"}
-    assert len(trials) == 6
+    assert grid.scale == "smoke"
+    cells = {(t.task, t.attention) for t in trials}
+    assert {("sort", a) for a in ("vanilla", "local", "sparse", "sinkhorn")} <= cells
+    assert {("classify", "sortcut"), ("classify", "vanilla"), ("classify", "sinkhorn")} <= cells
+    assert ("sort", "sortcut") not in cells  # encoder only: the exclude keeps it off the seq2seq task
+    assert len(trials) == 14
+
+
+def test_exclude_leaves_cells_out_and_only_those(tmp_path):
+    text = BASE.replace("tasks: [sort]", "tasks: [sort, listops]") + "exclude: [{task: listops, attention: local}]\n"
+    cells = [(t.task, t.attention) for t in load_trials(write(tmp_path, text))[1]]
+    assert ("listops", "local") not in cells and ("sort", "local") in cells and ("listops", "sparse") in cells
+    everywhere = BASE + "exclude: [{attention: sparse}]\n"
+    assert {t.attention for t in load_trials(write(tmp_path, everywhere))[1]} == {"vanilla", "local"}
+
+
+def test_an_invalid_cell_names_the_task(tmp_path):
+    text = BASE.replace("sparse: {block_size: 4, stride: [1, 2]}", "sortcut: {block_size: 4}")
+    with pytest.raises(GridError) as info:
+        load_trials(write(tmp_path, text))
+    assert "on task sort (seq2seq)" in str(info.value)
 
 
 @pytest.mark.parametrize(
@@ -91,6 +110,8 @@ def test_shipped_smoke_grid_loads():
         (BASE.replace("scale: smoke", "scale: huge"), "scale: Input should be 'smoke', 'small' or 'paper'"),
         (BASE.replace("stride: [1, 2]", "stride: 9"), "stride must be an int in [1, block_size=4]"),
         ("- just\n- a list\n", "a grid must be a mapping"),
+        (BASE + "exclude: [{task: sorting}]\n", "exclude.0.task: 'sorting' is not one of the grid's tasks"),
+        (BASE + "exclude: [{attention: local, seed: 0}]\n", "exclude.0.seed"),
     ],
 )
 def test_bad_grids_name_file_and_field(tmp_path, text, expected):

@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from scipy import stats
 
@@ -453,6 +454,36 @@ def test_every_cell_links_to_a_trial_config_in_the_page(store, sections):
     assert "http://" not in html and "https://" not in html  # self-contained: nothing to fetch
 
 
+def test_every_table_has_a_headline_figure_of_points_with_intervals(sections):
+    tables = [t for s in sections.values() if s["kind"] == "table" for t in s["tables"]]
+    assert len(tables) >= 8
+    for table in tables:
+        assert table["figure"] is not None and len(table["figure"]["png"]) > 1000
+    (table1,) = sections["table1"]["tables"]
+    points = {(p["facet"], p["label"]): p for p in table1["figure"]["points"]}
+    em = column(table1, "test_2x", "EM (%)")
+    cell = row(table1, "Sinkhorn (32)")["cells"][em]
+    plotted = points[("test_2x · EM (%)", "Sinkhorn (32)")]
+    assert plotted["n"] == cell["n"] == 3
+    assert math.isclose(plotted["mean"], cell["mean"]) and f"{plotted['ci']:.2f}" == cell["ci"]  # the table's numbers
+    ours = {r["label"] for r in table1["rows"] if not r["paper_only"]}
+    assert {label for _, label in points} == ours  # paper-only rows have nothing to plot
+
+
+def test_headline_figure_takes_any_frame_of_final_rows():
+    rows = [
+        {"facet": "test · accuracy (%)", "label": name, "metric": "accuracy", "value": v, "seed": s, "trial_id": "t"}
+        for name, base in (("Transformer", 80.0), ("Sinkhorn (8)", 85.0))
+        for s, v in enumerate((base, base + 2.0, base - 1.0))
+    ]
+    got = figures.headline_figure(pd.DataFrame(rows), order=["Sinkhorn (8)", "Transformer"])
+    assert [p["label"] for p in got["points"]] == ["Sinkhorn (8)", "Transformer"]
+    assert got["points"][0]["n"] == 3 and math.isclose(got["points"][0]["mean"], 85.0 + 1 / 3)
+    single = figures.headline_figure(pd.DataFrame(rows[:1]))
+    assert single["points"][0]["ci"] == 0.0  # one seed: a point, no interval
+    assert figures.headline_figure(pd.DataFrame(rows).iloc[0:0]) is None
+
+
 def test_a_store_with_one_task_gets_only_its_section_and_unknown_tasks_their_own(tmp_path):
     store = ResultStore(tmp_path)
     write(store, task="sort", attention="local", params={"block_size": 4}, seed=0, metrics=[("test", "loss", 1.0)])
@@ -591,4 +622,4 @@ def test_cli_writes_the_page_and_says_where(store, tmp_path, capsys):
     out = tmp_path / "nested" / "report.html"
     assert main(["report", "--results", str(store.root), "--out", str(out)]) == 0
     assert out.read_text(encoding="utf-8").startswith("<!doctype html>")
-    assert str(out) in " ".join(capsys.readouterr().err.split())
+    assert str(out) in " ".join(capsys.readouterr().out.split())  # the command's answer: stdout
