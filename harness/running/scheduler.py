@@ -251,4 +251,25 @@ def run_grid(
         if started_ray:
             ray.shutdown()
     summary.seconds = time.perf_counter() - clock
+    _say_shared_causes(store, summary.failed, console)
     return summary
+
+
+def _say_shared_causes(store: ResultStore, failed: list[str], console: Console) -> None:
+    """One line per data set that several trials failed to load (``hf:ID: not found``), with the count and what to
+    do, instead of leaving a user to read the same error N times."""
+    from tasks._hub import failure_key
+
+    if len(failed) < 2:
+        return
+    frame = store.read()
+    errors = frame.loc[frame["trial_id"].isin(failed)].drop_duplicates("trial_id")["error"]
+    causes: dict[str, list[str]] = {}
+    for error in errors:
+        key = failure_key(error)
+        if key is not None:
+            causes.setdefault(key, []).append(str(error).splitlines()[0])
+    for key, messages in causes.items():
+        console.print(
+            f"[red]{len(messages)} trials failed on {key}[/red]: {messages[0]}", highlight=False, soft_wrap=True
+        )

@@ -209,3 +209,30 @@ def test_an_invalid_cell_names_the_task_on_the_command_line(tmp_path):
     run = cli("run", str(bad), "--dry-run", timeout=120)
     assert run.returncode == 2 and run.stdout == ""
     assert "attentions.sortcut {'block_size': 4} on task sort (seq2seq)" in " ".join(run.stderr.split())
+
+
+def test_trials_failing_on_one_missing_data_set_are_summarised_once(tmp_path):
+    grid = tmp_path / "missing.yaml"
+    grid.write_text(
+        textwrap.dedent(
+            """
+            name: missing
+            tasks: [{classify: {data: "hf:no-such-owner/no-such-set"}}]
+            seeds: [0, 1]
+            attentions: {vanilla: {}}
+            train: {steps: 2, batch_size: 8}
+            """
+        )
+    )
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
+    run = subprocess.run(
+        [sys.executable, "-m", "harness.cli", "run", str(grid), "--results", str(tmp_path / "r")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    assert run.returncode == 1
+    summary = [line for line in run.stderr.splitlines() if "trials failed on hf:" in line]
+    assert len(summary) == 1 and summary[0].startswith("2 trials failed on hf:no-such-owner/no-such-set")
+    assert "offline" in summary[0]
