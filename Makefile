@@ -10,7 +10,7 @@ export PYTHONUNBUFFERED := 1
 CORPORA ?= $(or $(ATTNBENCH_CORPORA),$(HOME)/.cache/attnbench/corpora)
 CORPUS_SHA256 := f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacff393be
 
-.PHONY: install corpus browser demo test bench bench-check bench-baseline lint clean
+.PHONY: install corpus browser demo test bench bench-check bench-baseline lint clean replicate
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -59,4 +59,15 @@ lint: install
 	$(VENV)/bin/ruff format --check attentions tasks harness tests
 
 clean:
-	rm -rf $(VENV) results/*.parquet reports/*.html
+	rm -rf $(VENV) results/*.parquet
+	find reports -name '*.html' ! -name replication.html -delete
+
+# The replication study (README "What replicates at CPU scale"): every grid under harness/grids/replication into one
+# committed store, then its report. Hours on 2 cores; stop it any time, and the next `make replicate` resumes where it
+# stopped (finished trials are skipped, a trial cut mid-way resumes from its checkpoint).
+REPLICATION := table1_sort char fig4_iterations fig3_temperature table8_sortnet table8_kv table2_subword listops
+replicate: install
+	for grid in $(REPLICATION); do \
+		$(VENV)/bin/attnbench run harness/grids/replication/$$grid.yaml --results results/replication || [ $$? -eq 1 ] || exit 2; \
+	done
+	$(VENV)/bin/attnbench report --results results/replication --out reports/replication.html
