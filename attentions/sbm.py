@@ -24,8 +24,11 @@ Parameters: ``clusters`` (block-model clusters per head), ``density`` (weight of
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 from attentions._blocks import key_valid
 from attentions._registry import require_int
@@ -35,6 +38,10 @@ from attentions.base import Attention, register_attention
 @register_attention("sbm")
 class SBMAttention(Attention):
     """Parameters: ``clusters`` (clusters per head), ``density`` (weight of the expected edge fraction in the loss)."""
+
+    # Attention runs dense (masked, BLAS products) when the sampled graph holds at least this fraction of all L x L
+    # pairs, and on the edge list below it: chosen per forward from the drawn graph.
+    dense_above: ClassVar[float] = 1 / 16
 
     def __init__(
         self,
@@ -55,41 +62,63 @@ class SBMAttention(Attention):
         self.mlp = nn.Sequential(nn.Linear(head_dim, head_dim), nn.ReLU(), nn.Linear(head_dim, head_dim))
         self._edge_fraction: torch.Tensor | None = None
 
-    def edge_probabilities(
-        self, q: torch.Tensor, k: torch.Tensor, padding_mask: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(p, allowed), both (B, H, L, L): edge probabilities (zero where not allowed) and the allowed pairs."""
-        batch, _, length, _ = q.shape
+    def memberships(self, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(Y B, Z), both (B, H, L, k): the rate of pair (i, j) is row i of the first dot row j of the second."""
         emb = self.cluster_embeddings.to(q.dtype)
         y = torch.sigmoid(torch.einsum("bhld,hkd->bhlk", self.mlp(q), emb))  # (B, H, L, k) query memberships
         z = torch.sigmoid(torch.einsum("bhld,hkd->bhlk", self.mlp(k), emb))  # key memberships
         block = torch.softmax(emb @ emb.transpose(-1, -2), dim=-1)  # (H, k, k)
-        rate = torch.einsum("bhik,hkm,bhjm->bhij", y, block, z)  # (B, H, L, L) expected edge counts
-        valid = key_valid(padding_mask, batch, length, length, q.device)
-        allowed = (valid[:, :, None] & valid[:, None, :])[:, None]  # (B, 1, L, L)
+        return y @ block, z
+
+    def allowed_pairs(self, batch: int, length: int, padding_mask, device) -> torch.Tensor:
+        """(B, 1, L, L) bool: real query, real key, and causal-visible."""
+        valid = key_valid(padding_mask, batch, length, length, device)
+        allowed = (valid[:, :, None] & valid[:, None, :])[:, None]
         if self.causal:
-            allowed = allowed & torch.ones(length, length, dtype=torch.bool, device=q.device).tril()
-        return (-torch.expm1(-rate)).masked_fill(~allowed, 0.0), allowed
+            allowed = allowed & torch.ones(length, length, dtype=torch.bool, device=device).tril()
+        return allowed
+
+    def edge_probabilities(
+        self, q: torch.Tensor, k: torch.Tensor, padding_mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(p, allowed), both (B, H, L, L): edge probabilities (zero where not allowed) and the allowed pairs."""
+        yb, z = self.memberships(q, k)
+        allowed = self.allowed_pairs(q.shape[0], q.shape[2], padding_mask, q.device)
+        return _probability(yb, z).masked_fill(~allowed, 0.0), allowed
 
     def forward(self, q, k, v, padding_mask=None):
         self.check_inputs(q, k, v, padding_mask)
         batch, heads, length, dim = q.shape
-        p, allowed = self.edge_probabilities(q, k, padding_mask)
+        yb, z = self.memberships(q, k)
+        allowed = self.allowed_pairs(batch, length, padding_mask, q.device)
         with torch.no_grad():
+            p = _probability(yb, z).masked_fill_(~allowed, 0.0)  # (B, H, L, L), only to draw the graph
             graph = torch.bernoulli(p) > 0 if self.training else p >= 0.5
+            del p
             graph = (graph & allowed) | torch.eye(length, dtype=torch.bool, device=q.device)  # every query keeps itself
-            allowed_count = allowed.sum() * heads
-            self._edge_fraction = (graph & allowed).sum() / allowed_count.clamp(min=1)  # self-edges count: attended
-            b, h, i, j = graph.nonzero(as_tuple=True)  # (E,) each: the sampled edges
-        self.extra_loss = self.density * p.sum() / allowed_count.clamp(min=1)
+            allowed_count = (allowed.sum() * heads).clamp(min=1)
+            self._edge_fraction = (graph & allowed).sum() / allowed_count  # self-edges count: attended
+            edges = int(graph.sum())
+        self.extra_loss = self.density * _ProbabilitySum.apply(yb, z, allowed) / allowed_count
+        if edges >= self.dense_above * graph.numel():
+            return _DenseGraphAttention.apply(q, k, v, yb, z, graph, allowed)
+        return self._edge_list_attention(q, k, v, yb, z, graph, allowed)
 
+    def _edge_list_attention(self, q, k, v, yb, z, graph, allowed):
+        """Attention on the sampled edges only, O(E * D): for sparse graphs, where E is well below L^2."""
+        batch, heads, length, dim = q.shape
+        with torch.no_grad():
+            b, h, i, j = graph.nonzero(as_tuple=True)  # (E,) each: the sampled edges
+            carries = allowed.expand(batch, heads, -1, -1)[b, h, i, j]  # padded self-edges carry no gradient
         row = (b * heads + h) * length + i  # flat query id of each edge
         col = (b * heads + h) * length + j  # flat key id
         flat = batch * heads * length
         score = (q.reshape(flat, dim)[row] * k.reshape(flat, dim)[col]).sum(-1) * dim**-0.5  # (E,)
         top = torch.full((flat,), float("-inf"), dtype=score.dtype, device=q.device)
         top = top.scatter_reduce(0, row, score.detach(), "amax")  # a stabilizer; the result does not depend on it
-        p_edge = p[b, h, i, j]
+        k_count = yb.shape[-1]
+        rate = (yb.reshape(flat, k_count)[row] * z.reshape(flat, k_count)[col]).sum(-1)
+        p_edge = -torch.expm1(-rate) * carries
         weight = (score - top[row]).exp() * (1 + p_edge - p_edge.detach())  # straight-through: value 1, grad of p
         denom = torch.zeros(flat, dtype=weight.dtype, device=q.device).index_add(0, row, weight)
         out = torch.zeros(flat, dim, dtype=v.dtype, device=q.device).index_add(
@@ -104,3 +133,56 @@ class SBMAttention(Attention):
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, clusters={self.clusters}, density={self.density}"
+
+
+def _probability(yb: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """(B, H, L, L) p = 1 - exp(-Y B Z^T): the chance of at least one edge of the Poisson block model."""
+    return torch.matmul(yb, z.transpose(-1, -2)).neg_().expm1_().neg_()
+
+
+class _ProbabilitySum(torch.autograd.Function):
+    """Sum of p over the allowed pairs; the backward recomputes p from its (L x k) factors instead of keeping L x L."""
+
+    @staticmethod
+    def forward(ctx, yb, z, allowed):
+        ctx.save_for_backward(yb, z, allowed)
+        return _probability(yb, z).masked_fill_(~allowed, 0.0).sum()
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        yb, z, allowed = ctx.saved_tensors
+        d_rate = torch.matmul(yb, z.transpose(-1, -2)).neg_().exp_().masked_fill_(~allowed, 0.0).mul_(grad)
+        return d_rate @ z, d_rate.transpose(-1, -2) @ yb, None
+
+
+class _DenseGraphAttention(torch.autograd.Function):
+    """Softmax attention restricted to ``graph`` (dense, masked) with the straight-through edge gradient.
+
+    Each edge's weight is exp(score) * (1 + p - stopgrad(p)), so its value is plain graph attention and the gradient
+    reaching p_ij equals the score gradient dS_ij = P_ij (dO_i . v_j - dO_i . O_i) on allowed edges. Only the
+    weights P are kept for backward (one L x L tensor); p is recomputed there from its (L x k) factors.
+    """
+
+    @staticmethod
+    def forward(ctx, q, k, v, yb, z, graph, allowed):
+        scores = torch.matmul(q, k.transpose(-1, -2)).mul_(q.shape[-1] ** -0.5)  # (B, H, L, L)
+        weights = torch.softmax(scores.masked_fill_(~graph, float("-inf")), dim=-1)  # the self-edge keeps rows finite
+        del scores
+        out = torch.matmul(weights, v)
+        ctx.save_for_backward(q, k, v, yb, z, weights, out, allowed)
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, d_out):
+        q, k, v, yb, z, weights, out, allowed = ctx.saved_tensors
+        scale = q.shape[-1] ** -0.5
+        delta = (d_out * out).sum(dim=-1, keepdim=True)
+        d_scores = torch.matmul(d_out, v.transpose(-1, -2)).sub_(delta).mul_(weights)  # zero off the graph
+        d_q = torch.matmul(d_scores, k).mul_(scale)
+        d_k = torch.matmul(d_scores.transpose(-1, -2), q).mul_(scale)
+        d_v = torch.matmul(weights.transpose(-1, -2), d_out)
+        # dL/dp = dS on allowed edges (padded self-edges carry none); dp/drate = exp(-rate).
+        d_rate = d_scores.masked_fill_(~allowed, 0.0).mul_(torch.matmul(yb, z.transpose(-1, -2)).neg_().exp_())
+        return d_q, d_k, d_v, d_rate @ z, d_rate.transpose(-1, -2) @ yb, None, None
