@@ -64,9 +64,9 @@ class SBMAttention(Attention):
 
     def memberships(self, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(Y B, Z), both (B, H, L, k): the rate of pair (i, j) is row i of the first dot row j of the second."""
-        emb = self.cluster_embeddings.to(q.dtype)
-        y = torch.sigmoid(torch.einsum("bhld,hkd->bhlk", self.mlp(q), emb))  # (B, H, L, k) query memberships
-        z = torch.sigmoid(torch.einsum("bhld,hkd->bhlk", self.mlp(k), emb))  # key memberships
+        emb = self.cluster_embeddings  # memberships in the parameters' dtype (bf16 inputs to fp32 weights alike)
+        y = torch.sigmoid(torch.einsum("bhld,hkd->bhlk", self.mlp(q.to(emb.dtype)), emb))  # (B, H, L, k) queries
+        z = torch.sigmoid(torch.einsum("bhld,hkd->bhlk", self.mlp(k.to(emb.dtype)), emb))  # keys
         block = torch.softmax(emb @ emb.transpose(-1, -2), dim=-1)  # (H, k, k)
         return y @ block, z
 
@@ -118,7 +118,7 @@ class SBMAttention(Attention):
         top = top.scatter_reduce(0, row, score.detach(), "amax")  # a stabilizer; the result does not depend on it
         k_count = yb.shape[-1]
         rate = (yb.reshape(flat, k_count)[row] * z.reshape(flat, k_count)[col]).sum(-1)
-        p_edge = -torch.expm1(-rate) * carries
+        p_edge = (-torch.expm1(-rate) * carries).to(score.dtype)
         weight = (score - top[row]).exp() * (1 + p_edge - p_edge.detach())  # straight-through: value 1, grad of p
         denom = torch.zeros(flat, dtype=weight.dtype, device=q.device).index_add(0, row, weight)
         out = torch.zeros(flat, dim, dtype=v.dtype, device=q.device).index_add(
@@ -184,5 +184,6 @@ class _DenseGraphAttention(torch.autograd.Function):
         d_k = torch.matmul(d_scores.transpose(-1, -2), q).mul_(scale)
         d_v = torch.matmul(weights.transpose(-1, -2), d_out)
         # dL/dp = dS on allowed edges (padded self-edges carry none); dp/drate = exp(-rate).
-        d_rate = d_scores.masked_fill_(~allowed, 0.0).mul_(torch.matmul(yb, z.transpose(-1, -2)).neg_().exp_())
+        d_rate = d_scores.masked_fill_(~allowed, 0.0).to(yb.dtype)
+        d_rate.mul_(torch.matmul(yb, z.transpose(-1, -2)).neg_().exp_())
         return d_q, d_k, d_v, d_rate @ z, d_rate.transpose(-1, -2) @ yb, None, None
