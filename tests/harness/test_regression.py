@@ -110,23 +110,14 @@ def test_a_planted_square_allocation_is_caught_by_measurement(planted):
     assert [p.split(":")[0] for p in memory] == [f"{planted} at L={n}" for n in (128, 256, 512)]
 
 
-def test_every_plugin_against_the_committed_baseline(tmp_path):
-    """The CI gate: the short sweep of every registered plugin must not regress against tests/bench/baseline.json."""
-    lengths = [str(n) for n in regression.load_baseline(BASELINE)["config"]["lengths"]]
-    code = main(
-        [
-            "bench",
-            "--lengths",
-            *lengths,
-            "--repeats",
-            "5",
-            "--check",
-            str(BASELINE),
-            "--results",
-            str(tmp_path / "results"),
-        ]
-    )
-    assert code == 0
+@pytest.mark.parametrize("section", ["attention", "model"])
+def test_every_plugin_against_the_committed_baseline(tmp_path, section):
+    """The CI gate: the short sweep of every registered plugin (attention alone, and whole training steps of the
+    model with every causal plugin) must not regress against tests/bench/baseline.json."""
+    lengths = [str(n) for n in regression.load_baseline(BASELINE, section)["config"]["lengths"]]
+    mode = ["--model"] if section == "model" else []
+    args = ["bench", *mode, "--lengths", *lengths, "--repeats", "5", "--device", "cpu"]
+    assert main([*args, "--check", str(BASELINE), "--results", str(tmp_path / "results")]) == 0
 
 
 def test_model_section_is_saved_beside_the_attention_section(tmp_path):
