@@ -9,15 +9,19 @@ uses its most likely graph, A_ij = [p_ij >= 0.5], so eval is deterministic. Ever
 no row is empty. Padded queries and keys get no edges (but a padded query keeps its self-edge; its output is unused);
 causal masks edges j > i, and as p_ij depends on q_i and k_j only, nothing leaks.
 
-Attention runs on the edge list only: scores q_i . k_j / sqrt(d) for the sampled (i, j), a softmax per query over
-its edges by scatter, outputs scattered back. Straight-through gradients: each edge's weight is multiplied by
-1 + p_ij - stopgrad(p_ij) (value 1, gradient as if the edge's weight were p_ij), so the task loss trains C and the MLP
-through the sampled edges. ``extra_loss`` is the density regularizer ``density`` x mean p_ij over the allowed
-(real, causal-visible) pairs: the expected edge fraction, so the model pays for denser graphs.
+Attention is softmax attention restricted to the graph, computed by whichever path suits the drawn graph, chosen per
+forward: dense masked attention (batched matrix products, hand-written backward keeping one L x L tensor) when the
+graph holds at least ``dense_above`` of all pairs, as at initialization; below that an edge list (scores q_i . k_j /
+sqrt(d) for the sampled (i, j), a softmax per query over its edges by scatter, outputs scattered back), whose cost
+falls with the edge count. Both give the same outputs and gradients. Straight-through gradients: each edge's weight
+is multiplied by 1 + p_ij - stopgrad(p_ij) (value 1, gradient as if the edge's weight were p_ij), so the task loss
+trains C and the MLP through the sampled edges. ``extra_loss`` is the density regularizer ``density`` x mean p_ij
+over the allowed (real, causal-visible) pairs: the expected edge fraction, so the model pays for denser graphs.
 
 Complexity per head: the edge probabilities are computed densely, O(L^2 * clusters) time and O(L^2) memory (scalars,
-no d-dimensional products: the paper's fastRG sampling would avoid even that); attention is O(E * d) for E sampled
-edges, with no dense L x L softmax. ``trial_metrics()`` reports the realized edge fraction of the last forward.
+no d-dimensional products: the paper's fastRG sampling would avoid even that; backward recomputes them from the
+L x clusters factors); attention is O(L^2 * d) in BLAS products on a dense graph and O(E * d) for E sampled edges on
+a sparse one. ``trial_metrics()`` reports the realized edge fraction of the last forward.
 
 Parameters: ``clusters`` (block-model clusters per head), ``density`` (weight of the density regularizer, >= 0).
 """
