@@ -97,15 +97,16 @@ class SBMAttention(Attention):
         allowed = self.allowed_pairs(batch, length, padding_mask, q.device)
         with torch.no_grad():
             p = _probability(yb, z).masked_fill_(~allowed, 0.0)  # (B, H, L, L), only to draw the graph
-            graph = torch.bernoulli(p) > 0 if self.training else p >= 0.5
+            p_sum = p.sum()
+            graph = p.bernoulli_(p) > 0 if self.training else p >= 0.5  # in place: one L x L float tensor, not two
             del p
             graph = (graph & allowed) | torch.eye(length, dtype=torch.bool, device=q.device)  # every query keeps itself
-            allowed_count = (allowed.sum() * heads).clamp(min=1)
-            self._edge_fraction = (graph & allowed).sum() / allowed_count  # self-edges count: attended
-            edges = int(graph.sum())
-        self.extra_loss = self.density * _ProbabilitySum.apply(yb, z, allowed) / allowed_count
+            allowed_count = (allowed.count_nonzero() * heads).clamp(min=1)
+            self._edge_fraction = (graph & allowed).count_nonzero() / allowed_count  # self-edges count: attended
+            edges = int(graph.count_nonzero())
+        self.extra_loss = self.density * _ProbabilitySum.apply(yb, z, allowed, p_sum, self.causal) / allowed_count
         if edges >= self.dense_above * graph.numel():
-            return _DenseGraphAttention.apply(q, k, v, yb, z, graph, allowed)
+            return _DenseGraphAttention.apply(q, k, v, yb, z, graph, allowed, self.causal)
         return self._edge_list_attention(q, k, v, yb, z, graph, allowed)
 
     def _edge_list_attention(self, q, k, v, yb, z, graph, allowed):
@@ -144,50 +145,98 @@ def _probability(yb: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     return torch.matmul(yb, z.transpose(-1, -2)).neg_().expm1_().neg_()
 
 
+def _pieces(t: torch.Tensor, causal: bool):
+    """(n, r0, r1, c1) for every head of every sequence n (flattened (B * H)) and every block of query rows
+    [r0, r1): those rows see key columns [0, c1), all of them, or only up to r1 when causal (the rest is never
+    allowed, so it is never computed: about half the work). Blocks keep the live L x L-sized floats small."""
+    batch, heads, length = t.shape[0], t.shape[1], t.shape[2]
+    rows = max(128, -(-length // 8))
+    for n in range(batch * heads):
+        for r0 in range(0, length, rows):
+            r1 = min(r0 + rows, length)
+            yield n, r0, r1, r1 if causal else length
+
+
+def _flat(t: torch.Tensor) -> torch.Tensor:
+    """(B, H, ...) -> (B * H, ...), a view of a contiguous tensor."""
+    return t.reshape(-1, *t.shape[2:])
+
+
+def _rate_factors(ys, zs, n, r0, r1, c1):
+    """exp(-rate) = 1 - p on rows [r0, r1) and columns [0, c1) of head n: the derivative of p by the rate."""
+    return torch.matmul(ys[n, r0:r1], zs[n, :c1].transpose(-1, -2)).neg_().exp_()
+
+
 class _ProbabilitySum(torch.autograd.Function):
-    """Sum of p over the allowed pairs; the backward recomputes p from its (L x k) factors instead of keeping L x L."""
+    """Sum of p over the allowed pairs, its value computed by the caller from the p it samples the graph from; the
+    backward recomputes p block by block from its (L x k) factors instead of keeping an L x L tensor."""
 
     @staticmethod
-    def forward(ctx, yb, z, allowed):
+    def forward(ctx, yb, z, allowed, value, causal):
         ctx.save_for_backward(yb, z, allowed)
-        return _probability(yb, z).masked_fill_(~allowed, 0.0).sum()
+        ctx.causal = causal
+        return value.clone()
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad):
         yb, z, allowed = ctx.saved_tensors
-        d_rate = torch.matmul(yb, z.transpose(-1, -2)).neg_().exp_().masked_fill_(~allowed, 0.0).mul_(grad)
-        return d_rate @ z, d_rate.transpose(-1, -2) @ yb, None
+        heads = yb.shape[1]
+        d_yb, d_z = yb.new_zeros(yb.shape), z.new_zeros(z.shape)
+        ys, zs, oks, d_ys, d_zs = (_flat(t.contiguous()) for t in (yb, z, allowed, d_yb, d_z))
+        for n, r0, r1, c1 in _pieces(yb, ctx.causal):
+            d_rate = _rate_factors(ys, zs, n, r0, r1, c1).masked_fill_(~oks[n // heads, r0:r1, :c1], 0.0).mul_(grad)
+            d_ys[n, r0:r1] = d_rate @ zs[n, :c1]
+            d_zs[n, :c1] += d_rate.transpose(-1, -2) @ ys[n, r0:r1]
+        return d_yb, d_z, None, None, None
 
 
 class _DenseGraphAttention(torch.autograd.Function):
     """Softmax attention restricted to ``graph`` (dense, masked) with the straight-through edge gradient.
 
     Each edge's weight is exp(score) * (1 + p - stopgrad(p)), so its value is plain graph attention and the gradient
-    reaching p_ij equals the score gradient dS_ij = P_ij (dO_i . v_j - dO_i . O_i) on allowed edges. Only the
-    weights P are kept for backward (one L x L tensor); p is recomputed there from its (L x k) factors.
+    reaching p_ij equals the score gradient dS_ij = P_ij (dO_i . v_j - dO_i . O_i) on allowed edges. Like a flash
+    kernel it keeps only the graph (bool) and each row's log-sum-exp for backward and recomputes the weights there,
+    block by block (``_pieces``), with p from its (L x k) factors; causal skips the never-allowed upper triangle.
     """
 
     @staticmethod
-    def forward(ctx, q, k, v, yb, z, graph, allowed):
-        scores = torch.matmul(q, k.transpose(-1, -2)).mul_(q.shape[-1] ** -0.5)  # (B, H, L, L)
-        weights = torch.softmax(scores.masked_fill_(~graph, float("-inf")), dim=-1)  # the self-edge keeps rows finite
-        del scores
-        out = torch.matmul(weights, v)
-        ctx.save_for_backward(q, k, v, yb, z, weights, out, allowed)
+    def forward(ctx, q, k, v, yb, z, graph, allowed, causal):
+        scale = q.shape[-1] ** -0.5
+        out, lse = q.new_empty(q.shape), q.new_empty(q.shape[:-1])
+        qs, ks, vs, gs, outs, lses = (_flat(t.contiguous()) for t in (q, k, v, graph, out, lse))
+        for n, r0, r1, c1 in _pieces(q, causal):
+            scores = torch.matmul(qs[n, r0:r1], ks[n, :c1].transpose(-1, -2)).mul_(scale)
+            scores.masked_fill_(~gs[n, r0:r1, :c1], float("-inf"))
+            lses[n, r0:r1] = torch.logsumexp(scores, dim=-1)  # finite: the self-edge is always there
+            torch.matmul(scores.sub_(lses[n, r0:r1, None]).exp_(), vs[n, :c1], out=outs[n, r0:r1])
+        ctx.save_for_backward(q, k, v, yb, z, graph, allowed, out, lse)
+        ctx.causal = causal
         return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx, d_out):
-        q, k, v, yb, z, weights, out, allowed = ctx.saved_tensors
-        scale = q.shape[-1] ** -0.5
-        delta = (d_out * out).sum(dim=-1, keepdim=True)
-        d_scores = torch.matmul(d_out, v.transpose(-1, -2)).sub_(delta).mul_(weights)  # zero off the graph
-        d_q = torch.matmul(d_scores, k).mul_(scale)
-        d_k = torch.matmul(d_scores.transpose(-1, -2), q).mul_(scale)
-        d_v = torch.matmul(weights.transpose(-1, -2), d_out)
-        # dL/dp = dS on allowed edges (padded self-edges carry none); dp/drate = exp(-rate).
-        d_rate = d_scores.masked_fill_(~allowed, 0.0).to(yb.dtype)
-        d_rate.mul_(torch.matmul(yb, z.transpose(-1, -2)).neg_().exp_())
-        return d_q, d_k, d_v, d_rate @ z, d_rate.transpose(-1, -2) @ yb, None, None
+        q, k, v, yb, z, graph, allowed, out, lse = ctx.saved_tensors
+        heads, scale = q.shape[1], q.shape[-1] ** -0.5
+        delta = (d_out * out).sum(dim=-1)  # (B, H, L)
+        grads = [t.new_zeros(t.shape) for t in (q, k, v, yb, z)]
+        inputs = (q, k, v, yb, z, graph, allowed, lse, delta, d_out)
+        qs, ks, vs, ys, zs, gs, oks, lses, deltas, d_outs = (_flat(t.contiguous()) for t in inputs)
+        d_qs, d_ks, d_vs, d_ys, d_zs = (_flat(t) for t in grads)
+        for n, r0, r1, c1 in _pieces(q, ctx.causal):
+            rows, cols = slice(r0, r1), slice(0, c1)
+            weights = torch.matmul(qs[n, rows], ks[n, cols].transpose(-1, -2)).mul_(scale)
+            weights = weights.sub_(lses[n, rows, None]).exp_().masked_fill_(~gs[n, rows, cols], 0.0)  # P, recomputed
+            d_vs[n, cols] += weights.transpose(-1, -2) @ d_outs[n, rows]
+            d_scores = torch.matmul(d_outs[n, rows], vs[n, cols].transpose(-1, -2)).sub_(deltas[n, rows, None])
+            d_scores.mul_(weights)
+            del weights
+            d_qs[n, rows] = (d_scores @ ks[n, cols]).mul_(scale)
+            d_ks[n, cols] += (d_scores.transpose(-1, -2) @ qs[n, rows]).mul_(scale)
+            # dL/dp = dS on allowed edges (padded self-edges carry none); dp/drate = exp(-rate).
+            d_rate = d_scores.masked_fill_(~oks[n // heads, rows, cols], 0.0).to(ys.dtype)
+            d_rate.mul_(_rate_factors(ys, zs, n, r0, r1, c1))
+            d_ys[n, rows] = d_rate @ zs[n, cols]
+            d_zs[n, cols] += d_rate.transpose(-1, -2) @ ys[n, rows]
+        return *grads, None, None, None
