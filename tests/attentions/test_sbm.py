@@ -205,9 +205,10 @@ def test_dense_and_edge_list_paths_agree(causal, training, monkeypatch):
 def test_path_follows_the_drawn_graph(monkeypatch):
     """A dense graph runs the dense path, a nearly empty one the edge list."""
     calls = []
-    attn = make()
+    torch.manual_seed(0)
+    attn = attentions.build("sbm", heads=HEADS, head_dim=DIM, max_len=512, clusters=3)
     monkeypatch.setattr(attn, "_edge_list_attention", lambda *a: calls.append("edges") or a[2])
-    q, k, v = qkv(40)  # self-edges alone are 1/40 of the pairs, below dense_above
+    q, k, v = qkv(300)  # self-edges alone are 1/300 of the pairs, below dense_above
     attn.eval()(q, k, v)
     assert calls == [] and attn.trial_metrics()["edge_fraction"] > attn.dense_above
     with torch.no_grad():
