@@ -144,41 +144,32 @@ def _report(args: argparse.Namespace, consoles: Consoles) -> int:
     return 0
 
 
-def _bench(args: argparse.Namespace, consoles: Consoles) -> int:
-    import datetime as dt
+def _configs(args: argparse.Namespace) -> list:
+    from harness.benchmarking import bench
 
-    import attentions
-    from harness.benchmarking import bench, regression
+    configs = [(d, t) for d, t in bench.default_configs() if args.device in ("all", d.type)]
+    if not configs:
+        raise ValueError(f"--device {args.device}: no such device here")
+    return configs
 
-    for folder in args.plugins:
-        attentions.load_plugin_dir(folder)
-    names = args.attentions or attentions.names()
-    for name in names:
-        attentions.get(name)  # unknown names fail here, with a suggestion, before anything is measured
-    if regression.REFERENCE not in names:
-        names = [regression.REFERENCE, *names]  # time is judged relative to vanilla in the same run
-    config = {
-        "run": dt.datetime.now(dt.UTC).isoformat(),
-        "lengths": args.lengths,
-        "batch": 1,
-        "heads": args.heads,
-        "head_dim": args.head_dim,
-        "block_size": args.block_size,
-        "repeats": args.repeats,
-        "block_plugins": sorted(n for n in names if "block_size" in attentions.parameters(n)),
-    }
+
+def _measure_plugins(names: list[str], lengths: list[int], args: argparse.Namespace, consoles: Consoles) -> list[dict]:
+    """Forward + backward of each plugin alone; prints the machine's 64-tile bmm throughput beside sinkhorn's."""
+    from harness.benchmarking import bench
+
     console, out = consoles.err, consoles.out
-    console.print(f"bench: {', '.join(names)} at L = {', '.join(map(str, args.lengths))}")
     rows = []
     for name in names:  # one plugin at a time, so progress shows
         with console.status(f"measuring {name}"):
             measured = bench.sweep(
                 [name],
-                args.lengths,
+                lengths,
+                batch=args.batch,
                 heads=args.heads,
                 head_dim=args.head_dim,
                 block_size=args.block_size,
                 repeats=args.repeats,
+                configs=_configs(args),
             )
         rows += measured
         for row in measured:
@@ -188,16 +179,79 @@ def _bench(args: argparse.Namespace, consoles: Consoles) -> int:
                 highlight=False,
                 soft_wrap=True,
             )
-    stored = bench.store_sweep(args.results, rows, config)
+    for line in bench.roofline_lines(
+        rows, batch=args.batch, heads=args.heads, head_dim=args.head_dim, block_size=args.block_size
+    ):
+        out.print(line, highlight=False, soft_wrap=True)
+    return rows
+
+
+def _measure_models(names: list[str], lengths: list[int], args: argparse.Namespace, consoles: Consoles) -> list[dict]:
+    """One training step of the whole model with each plugin, interleaved; prints the table relative to vanilla."""
+    from harness.benchmarking import model_bench
+
+    console = consoles.err
+    rows = []
+    for device, dtype in _configs(args):
+        with console.status(f"training steps on {device.type} ({', '.join(map(str, lengths))})"):
+            rows += model_bench.model_sweep(
+                names,
+                lengths,
+                batch=args.batch,
+                block_size=args.block_size,
+                dim=args.heads * args.head_dim,
+                heads=args.heads,
+                repeats=args.repeats,
+                device=device,
+                dtype=dtype,
+            )
+    for line in model_bench.table_lines(rows):
+        consoles.out.print(line, highlight=False, soft_wrap=True)
+    return rows
+
+
+def _bench(args: argparse.Namespace, consoles: Consoles) -> int:
+    import datetime as dt
+
+    import attentions
+    from harness.benchmarking import bench, model_bench, regression
+
+    for folder in args.plugins:
+        attentions.load_plugin_dir(folder)
+    names = args.attentions or (model_bench.causal_plugins() if args.model else attentions.names())
+    for name in names:
+        attentions.get(name)  # unknown names fail here, with a suggestion, before anything is measured
+    if regression.REFERENCE not in names:
+        names = [regression.REFERENCE, *names]  # time is judged relative to vanilla in the same run
+    lengths = args.lengths or ([1024, 2048, 3072, 4096] if args.model else [256, 512, 1024, 2048])
+    config = {
+        "run": dt.datetime.now(dt.UTC).isoformat(),
+        "lengths": lengths,
+        "batch": args.batch,
+        "heads": args.heads,
+        "head_dim": args.head_dim,
+        "block_size": args.block_size,
+        "repeats": args.repeats,
+        "block_plugins": sorted(n for n in names if "block_size" in attentions.parameters(n)),
+    }
+    if args.model:
+        config["model"] = {"kind": "lm", "layers": 2, "dim": args.heads * args.head_dim, "optimizer": "AdamW"}
+    console, out = consoles.err, consoles.out
+    console.print(f"bench{' --model' if args.model else ''}: {', '.join(names)} at L = {', '.join(map(str, lengths))}")
+    rows = (_measure_models if args.model else _measure_plugins)(names, lengths, args, consoles)
+    stored = bench.store_sweep(args.results, rows, config, model=args.model)
     out.print(f"{stored} measurements stored in {args.results}", highlight=False)
-    for name, exponent in sorted(regression.memory_exponents(rows).items()):
-        out.print(f"  memory of {name:<18} ~ L^{exponent:.2f}", highlight=False)
+    section = "model" if args.model else "attention"
+    if not args.model:
+        for name, exponent in sorted(regression.memory_exponents(rows).items()):
+            out.print(f"  memory of {name:<18} ~ L^{exponent:.2f}", highlight=False)
+    cpu = [row for row in rows if row["device"] == "cpu"]  # the committed baseline is a CPU one
     if args.save_baseline:
-        regression.save_baseline(args.save_baseline, regression.make_baseline(rows, config))
-        out.print(f"baseline written to {args.save_baseline}", highlight=False)
-    problems = regression.complexity(rows)
+        regression.save_baseline(args.save_baseline, regression.make_baseline(cpu, config), section=section)
+        out.print(f"baseline ({section} section) written to {args.save_baseline}", highlight=False)
+    problems = [] if args.model else regression.complexity(rows)
     if args.check:
-        problems += regression.compare(regression.load_baseline(args.check), rows)
+        problems += regression.compare(regression.load_baseline(args.check, section=section), cpu)
     for problem in problems:
         console.print(f"[red]regression:[/red] {problem}", highlight=False)
     if args.check or problems:
@@ -301,7 +355,22 @@ def parser() -> argparse.ArgumentParser:
         description="Time and measure the memory of plugins' forward + backward at several lengths; store the sweep.",
     )
     sweep.add_argument(
-        "--lengths", type=int, nargs="+", default=[256, 512, 1024, 2048], metavar="L", help="sequence lengths"
+        "--lengths",
+        type=int,
+        nargs="+",
+        default=None,
+        metavar="L",
+        help="sequence lengths (default: 256 512 1024 2048; with --model: 1024 2048 3072 4096)",
+    )
+    sweep.add_argument(
+        "--model", action="store_true", help="whole-model training steps/s and peak memory per plugin, vs vanilla"
+    )
+    sweep.add_argument("--batch", type=int, default=1, help="sequences per step (default: %(default)s)")
+    sweep.add_argument(
+        "--device",
+        choices=["all", "cpu", "cuda"],
+        default="all",
+        help="all: the CPU in float32, plus CUDA in bfloat16 when present (default: %(default)s)",
     )
     sweep.add_argument(
         "--attentions", nargs="+", default=None, metavar="NAME", help="plugins to measure (default: all)"

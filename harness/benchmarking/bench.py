@@ -189,10 +189,60 @@ def sweep(
     return rows
 
 
-def store_sweep(store_dir: str | Path, rows: Sequence[dict[str, Any]], config: dict[str, Any]) -> int:
+def tile_bmm_flops(
+    device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32, tile: int = 64, count: int = 256
+) -> float:
+    """FLOP/s of ``torch.bmm`` on ``count`` (tile x tile) @ (tile x tile) products, median of 9 rounds: the roofline
+    of block attention, whose every product is such a tile (or a wider one)."""
+    device = torch.device(device)
+    a, b = (torch.randn(count, tile, tile, device=device, dtype=dtype) for _ in range(2))
+    times = []
+    for _ in range(10):
+        _sync(device)
+        start = time.perf_counter()
+        for _ in range(5):
+            torch.bmm(a, b)
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return 5 * count * 2 * tile**3 / statistics.median(times[1:])
+
+
+def sinkhorn_flops(length: int, *, batch: int = 1, heads: int = 4, head_dim: int = 64, block_size: int = 64) -> float:
+    """Matrix-product FLOPs of one ``sinkhorn`` forward + backward (the paper's method, nothing skipped).
+
+    Forward: sorting K and V (two (n x n) @ (n x b*D) products per head) and, per query block, scores and outputs
+    over the sorted and the own block (four (b x D) x (D x b) sized products). The backward is twice that: each
+    product has two input gradients. Sort net and balancing, O(n^2 * D), are left out."""
+    n = -(-length // block_size)
+    sort = 2 * 2 * n * n * block_size * head_dim
+    attend = 4 * 2 * n * block_size * block_size * head_dim
+    return 3 * batch * heads * (sort + attend)
+
+
+def roofline_lines(rows: Sequence[dict[str, Any]], **shape: int) -> list[str]:
+    """``sinkhorn``'s attained FLOP/s at each measured length beside the 64-tile ``bmm`` throughput of the same
+    device, measured now (so in the same run and under the same load)."""
+    lines = []
+    for device, dtype in sorted({(r["device"], r["dtype"]) for r in rows if r["attention"] == "sinkhorn"}):
+        peak = tile_bmm_flops(device, getattr(torch, dtype))
+        lines.append(f"  64-tile bmm on {device}/{dtype}: {peak / 1e9:.1f} GFLOP/s")
+        for row in (r for r in rows if r["attention"] == "sinkhorn" and r["device"] == device):
+            attained = sinkhorn_flops(row["length"], **shape) / row["seconds"]
+            lines.append(
+                f"  sinkhorn L={row['length']:<6} {attained / 1e9:7.1f} GFLOP/s (median) = {attained / peak:.0%} of "
+                "the 64-tile bmm"
+            )
+    return lines
+
+
+def store_sweep(
+    store_dir: str | Path, rows: Sequence[dict[str, Any]], config: dict[str, Any], *, model: bool = False
+) -> int:
     """Write a sweep to the results store, one stored "trial" per (attention, length, device, dtype) of grid ``bench``,
     task ``speed_memory``: metrics ``seconds`` (median) and ``saved_bytes`` in split ``forward_backward``, the
-    ``length`` and ``peak_memory_bytes`` columns set. ``config["run"]`` keeps runs apart. Returns the trial count."""
+    ``length`` and ``peak_memory_bytes`` columns set. ``config["run"]`` keeps runs apart. Returns the trial count.
+    ``model=True`` stores the model-level sweep (``harness.benchmarking.model_bench``) as task ``model_step``:
+    metrics ``seconds`` and ``steps_per_second`` in split ``train_step``."""
     from harness.provenance import git_sha, versions
 
     store, sha, found = ResultStore(store_dir), git_sha(), json.dumps(versions(), sort_keys=True)
@@ -202,7 +252,7 @@ def store_sweep(store_dir: str | Path, rows: Sequence[dict[str, Any]], config: d
         trial = {
             **config,
             "grid": "bench",
-            "task": "speed_memory",
+            "task": "model_step" if model else "speed_memory",
             "scale": "bench",
             "seed": 0,
             "attention": row["attention"],
@@ -222,9 +272,13 @@ def store_sweep(store_dir: str | Path, rows: Sequence[dict[str, Any]], config: d
             "git_sha": sha,
             "versions": found,
         }
-        metrics = [
-            ("forward_backward", "seconds", row["seconds"]),
-            ("forward_backward", "saved_bytes", row["saved_bytes"]),
-        ]
+        metrics = (
+            [("train_step", "seconds", row["seconds"]), ("train_step", "steps_per_second", row["steps_per_second"])]
+            if model
+            else [
+                ("forward_backward", "seconds", row["seconds"]),
+                ("forward_backward", "saved_bytes", row["saved_bytes"]),
+            ]
+        )
         store.write_trial(trial_id, rows_for_trial(trial_id, trial, metrics=metrics, error=None, common=common))
     return len(rows)

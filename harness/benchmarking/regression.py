@@ -1,9 +1,10 @@
 """Speed and memory regression checks of a sweep (``harness.benchmarking.bench``) against a committed baseline.
 
 Machines are noisy and differ, so time is never compared in seconds: each plugin's time is divided by ``vanilla``'s
-time at the same length *in the same run*, and that ratio is compared with the baseline's ratio. Memory, which the
-measurement makes deterministic, is compared in bytes. The complexity check fits the exponent of peak memory against
-length for every plugin that declares ``linear_memory`` and fails one that drifts above ``MAX_LINEAR_EXPONENT``.
+time at the same length *in the same run*, and that ratio is compared with the baseline's ratio (so is a whole
+training step's time in the model-level sweep, ``bench --model``, kept in the baseline's ``model`` section). Memory,
+which the measurement makes deterministic, is compared in bytes. The complexity check fits the exponent of peak memory
+against length for every plugin that declares ``linear_memory`` and fails one that drifts above ``MAX_LINEAR_EXPONENT``.
 """
 
 from __future__ import annotations
@@ -11,13 +12,15 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import attentions
 from harness.stats import fit_exponent
 
 REFERENCE = "vanilla"
 MAX_LINEAR_EXPONENT = 1.3
+MEMORY_FIELDS = ("peak_memory_bytes", "saved_bytes")
+Section = Literal["attention", "model"]  # the attention-alone sweep, or the model-level one (``bench --model``)
 
 
 @dataclass(frozen=True)
@@ -39,23 +42,31 @@ def time_ratios(rows: list[dict[str, Any]]) -> dict[tuple[str, int], float]:
 
 
 def make_baseline(rows: list[dict[str, Any]], config: dict[str, Any], tolerance: Tolerance = Tolerance()) -> dict:
-    """The JSON-able baseline of a sweep: per plugin and length, its time ratio and memory figures."""
+    """The JSON-able baseline of a sweep: per plugin and length, its time ratio and memory figures (the model-level
+    sweep has no ``saved_bytes``)."""
     ratios = time_ratios(rows)
     cases: dict[str, dict[str, dict[str, float]]] = {}
     for row in rows:
         cases.setdefault(row["attention"], {})[str(row["length"])] = {
             "time_ratio": ratios[(row["attention"], row["length"])],
-            "peak_memory_bytes": row["peak_memory_bytes"],
-            "saved_bytes": row["saved_bytes"],
+            **{field: row[field] for field in MEMORY_FIELDS if field in row},
         }
     return {"config": config, "tolerance": asdict(tolerance), "cases": cases}
 
 
-def save_baseline(path: str | Path, baseline: dict) -> None:
-    Path(path).write_text(json.dumps(baseline, indent=1, sort_keys=True) + "\n")
+def save_baseline(path: str | Path, baseline: dict, section: Section = "attention") -> None:
+    """Write one section: the attention sweep at the top level (as before), the model-level sweep under ``model``;
+    the other section of an existing file is kept."""
+    path = Path(path)
+    old = json.loads(path.read_text()) if path.exists() else {}
+    if section == "model":
+        merged = {**old, "model": baseline}
+    else:
+        merged = {**baseline, **({"model": old["model"]} if "model" in old else {})}
+    path.write_text(json.dumps(merged, indent=1, sort_keys=True) + "\n")
 
 
-def load_baseline(path: str | Path) -> dict:
+def load_baseline(path: str | Path, section: Section = "attention") -> dict:
     try:
         baseline = json.loads(Path(path).read_text())
     except FileNotFoundError:
@@ -64,6 +75,10 @@ def load_baseline(path: str | Path) -> dict:
         ) from None
     except json.JSONDecodeError as exc:
         raise ValueError(f"{path}: not a valid baseline (JSON error: {exc})") from None
+    if section == "model":
+        if not isinstance(baseline, dict) or "model" not in baseline:
+            raise ValueError(f"{path}: no model section (write one with `attnbench bench --model --save-baseline`)")
+        baseline = baseline["model"]
     if not isinstance(baseline, dict) or "cases" not in baseline or "config" not in baseline:
         raise ValueError(f"{path}: not a baseline written by `attnbench bench --save-baseline` (no config/cases)")
     return baseline
@@ -90,6 +105,8 @@ def compare(baseline: dict, rows: list[dict[str, Any]]) -> list[str]:
                 f"(limit {limit:.3f}x)"
             )
         for field, label in (("peak_memory_bytes", "peak memory"), ("saved_bytes", "saved for backward")):
+            if field not in old or field not in row:
+                continue
             limit = old[field] * (1 + tolerance.memory) + tolerance.memory_slack_bytes
             if row[field] > limit:
                 problems.append(

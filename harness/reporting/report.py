@@ -18,6 +18,7 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 
 from harness.reporting import figures
 from harness.reporting.curves import curves_figure
+from harness.reporting.efficiency import MODEL_TASK, model_table
 from harness.reporting.labels import LM_TASKS, SPEED_TASK, context_captions, last_line, trial_info
 from harness.reporting.paper import Section, load_sections
 from harness.reporting.tables import build_table
@@ -78,13 +79,13 @@ def build_sections(
     values = frame.loc[(frame["status"] == "ok") & final, ["trial_id", "split", "metric", "value"]]
     values = values.dropna(subset=["metric"])
     values = values.merge(trials[["trial_id", "seed"]], on="trial_id")
-    everything = trials[trials["task"] != SPEED_TASK]
+    everything = trials[~trials["task"].isin([SPEED_TASK, MODEL_TASK])]
     run = everything  # what the plain tables show: ablated variants are Table 8's rows, not rows of Tables 2 and 4
     for ablation in (s for s in sections if s.kind == "ablation"):
         shown = _ablation_trials(everything, ablation.tasks)
         run = run[~run["trial_id"].isin(shown.loc[shown["attrs"].map(lambda a: not a["plain"]), "trial_id"])]
     out = []
-    covered = {SPEED_TASK}
+    covered = {SPEED_TASK, MODEL_TASK}
     for section in sections:
         if section.kind == "table":
             covered.update(section.tasks)
@@ -113,8 +114,8 @@ def build_sections(
                 )
         elif section.kind == "speed":
             figure = figures.speed_figure(frame)
-            bench = trials[trials["task"] == SPEED_TASK]
-            if figure is not None or len(bench):
+            bench, model = trials[trials["task"] == SPEED_TASK], model_table(frame)
+            if figure is not None or len(bench) or model:
                 out.append(
                     {
                         "kind": "speed",
@@ -122,6 +123,7 @@ def build_sections(
                         "title": section.title,
                         "caption": section.caption,
                         "figure": figure,
+                        "model": model,
                         "failed": _failed_records(bench[bench["status"] == "failed"]),
                     }
                 )

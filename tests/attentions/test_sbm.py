@@ -175,3 +175,44 @@ def test_density_loss_reaches_model_loss_and_edge_fraction_reaches_metrics():
 def test_invalid_parameters_named(param, bad):
     with pytest.raises(ValueError, match=param):
         make(**{param: bad})
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("training", [False, True])
+def test_dense_and_edge_list_paths_agree(causal, training, monkeypatch):
+    """The two attention paths (dense masked for dense graphs, edge list for sparse ones) give the same outputs, the
+    same extra loss and the same gradients on the same drawn graph, padding included."""
+    q, k, v = (t.requires_grad_() for t in qkv(19))
+    mask, target = padding(19, True), torch.randn(2, HEADS, 19, DIM)
+    results = []
+    for dense_above in (0.0, 2.0):  # always dense, never dense
+        attn = make(causal, density=0.2).train(training)
+        monkeypatch.setattr(attn, "dense_above", dense_above)
+        torch.manual_seed(3)
+        out = attn(q, k, v, padding_mask=mask)
+        loss = (out * target * mask[:, None, :, None]).sum() + attn.extra_loss
+        params = (q, k, v, attn.cluster_embeddings, attn.mlp[0].weight, attn.mlp[2].weight)
+        results.append((out.detach(), attn.trial_metrics()["edge_fraction"], torch.autograd.grad(loss, params)))
+    (dense, dense_fraction, dense_grads), (edges, edge_fraction, edge_grads) = results
+    real = mask[:, None, :, None].expand_as(dense)
+    torch.testing.assert_close(dense[real], edges[real])
+    assert dense_fraction == edge_fraction
+    for a, b in zip(dense_grads, edge_grads, strict=True):
+        assert a.abs().sum() > 0
+        torch.testing.assert_close(a, b)
+
+
+def test_path_follows_the_drawn_graph(monkeypatch):
+    """A dense graph runs the dense path, a nearly empty one the edge list."""
+    calls = []
+    torch.manual_seed(0)
+    attn = attentions.build("sbm", heads=HEADS, head_dim=DIM, max_len=512, clusters=3)
+    monkeypatch.setattr(attn, "_edge_list_attention", lambda *a: calls.append("edges") or a[2])
+    q, k, v = qkv(300)  # self-edges alone are 1/300 of the pairs, below dense_above
+    attn.eval()(q, k, v)
+    assert calls == [] and attn.trial_metrics()["edge_fraction"] > attn.dense_above
+    with torch.no_grad():
+        attn.mlp[-1].bias.fill_(-40.0)
+        attn.cluster_embeddings.abs_()
+    attn(q, k, v)
+    assert calls == ["edges"]

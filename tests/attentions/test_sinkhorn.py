@@ -8,6 +8,8 @@ import math
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import FlopCounterMode
 
 import attentions
 from attentions._block_attention import reference, sinkhorn_block_attention
@@ -188,6 +190,38 @@ def test_fused_block_attention_matches_autograd_reference(masked):
     for a, b in zip(ours, theirs, strict=True):
         torch.testing.assert_close(a, b)
     assert torch.autograd.gradcheck(lambda *x: sinkhorn_block_attention(*x, sorted_ok, local_ok), inputs)
+
+
+class _OpCounter(TorchDispatchMode):
+    """Records every computing operator dispatched (views, transposes and detaches cost nothing and are skipped)."""
+
+    FREE = ("view", "transpose", "slice", "detach", "ones_like", "as_strided", "expand", "unsqueeze", "reshape", "t.")
+
+    def __init__(self):
+        super().__init__()
+        self.ops: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if not any(free in str(func) for free in self.FREE):
+            self.ops.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+def test_backward_stays_fused_and_at_twice_the_forward_work():
+    """The regression gate of the hand-written backward's speed, without timing anything: its matrix-product FLOPs
+    are at most twice the forward's (each product gets its two input gradients, nothing is recomputed) and it
+    dispatches a small fixed number of operators. A per-matrix fallback of a batched product (the slow path of
+    products on strided halves) or a rewrite in autograd operators multiplies the count."""
+    g = torch.Generator().manual_seed(0)
+    q, kb, vb = (torch.randn(1, 2, 16, 8, 8, generator=g, requires_grad=True) for _ in range(3))
+    sort = torch.softmax(torch.randn(1, 2, 16, 16, generator=g), -1).requires_grad_()
+    with FlopCounterMode(display=False) as forward_flops:
+        out = sinkhorn_block_attention(q, kb, vb, sort)
+    with FlopCounterMode(display=False) as backward_flops, _OpCounter() as counter:
+        out.backward(torch.ones_like(out))
+    assert backward_flops.get_total_flops() <= 2 * forward_flops.get_total_flops()
+    assert len(counter.ops) <= 20, counter.ops  # 18 today: 11 products, 7 elementwise passes
+    assert not any(op.split(".")[1] in ("select", "clone", "copy_", "cat") for op in counter.ops), counter.ops
 
 
 # --- Gumbel noise and temperature (section 3.2.1) ---------------------------------------------------------------

@@ -112,6 +112,12 @@ def check_targets(results: dict, length: int, device: str) -> None:
         failures.append(f"time {ours['min_seconds']:.4f}s > 0.12 x vanilla's {vanilla['min_seconds']:.4f}s")
     if length == 4096 and peer is not None and ours["min_seconds"] > 0.8 * peer["min_seconds"]:
         failures.append(f"time {ours['min_seconds']:.4f}s > 0.8 x peer's {peer['min_seconds']:.4f}s")
+    if length == 4096:  # the roofline: the 64-tile bmm throughput measured now, printed beside ours
+        peak = bench.tile_bmm_flops(device, getattr(torch, ours["dtype"]))
+        attained = bench.sinkhorn_flops(length, heads=HEADS, head_dim=HEAD_DIM, block_size=BLOCK) / ours["seconds"]
+        print(f"\n64-tile bmm {peak / 1e9:.1f} GFLOP/s; sinkhorn at 4K {attained / peak:.0%} of it")
+        if attained < 0.7 * peak:
+            failures.append(f"{attained / peak:.0%} of the 64-tile bmm throughput (target 70%)")
     if length == 16384 and vanilla is not None and vanilla["min_seconds"] < 20 * ours["min_seconds"]:
         failures.append(f"only {vanilla['min_seconds'] / ours['min_seconds']:.1f}x faster than vanilla (target 20x)")
     if length == max(LENGTHS):  # linear memory in length for a fixed block: measured, fitted, then checked

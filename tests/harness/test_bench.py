@@ -38,3 +38,24 @@ def test_saved_bytes_counts_each_storage_once():
     both = bench.saved_bytes(lambda a, b, c: a * b, q, k, v)
     once = bench.saved_bytes(lambda a, b, c: a * a, q, k, v)
     assert both == 2 * once == 2 * q.numel() * 4
+
+
+def test_model_sweep_rows_store_and_report_table(tmp_path):
+    """`bench --model`: one training step per plugin and length, stored as task model_step, tabled beside vanilla."""
+    import pandas as pd
+
+    from harness.benchmarking import model_bench
+    from harness.reporting.efficiency import model_table
+
+    rows = model_bench.model_sweep(["vanilla", "local"], [64], block_size=16, dim=32, heads=2, repeats=1)
+    assert [(r["attention"], r["length"], r["device"]) for r in rows] == [("vanilla", 64, "cpu"), ("local", 64, "cpu")]
+    for row in rows:
+        assert row["steps_per_second"] == pytest.approx(1 / row["seconds"]) and row["peak_memory_bytes"] > 0
+    assert model_bench.relative_to_vanilla(rows)[("vanilla", 64, "cpu")] == (1.0, 1.0)
+    assert bench.store_sweep(tmp_path, rows, {"block_size": 16, "block_plugins": ["local"]}, model=True) == 2
+    table = model_table(pd.read_parquet(tmp_path))
+    assert [(t["label"], t["speed"], t["memory"]) for t in table if t["label"] == "Transformer"] == [
+        ("Transformer", "1.00x", "1.00x")
+    ]
+    assert {t["length"] for t in table} == {64} and len(table) == 2
+    assert "sortcut" not in model_bench.causal_plugins()  # the LM is causal; SortCut is encoder only

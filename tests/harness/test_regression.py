@@ -110,20 +110,32 @@ def test_a_planted_square_allocation_is_caught_by_measurement(planted):
     assert [p.split(":")[0] for p in memory] == [f"{planted} at L={n}" for n in (128, 256, 512)]
 
 
-def test_every_plugin_against_the_committed_baseline(tmp_path):
-    """The CI gate: the short sweep of every registered plugin must not regress against tests/bench/baseline.json."""
-    lengths = [str(n) for n in regression.load_baseline(BASELINE)["config"]["lengths"]]
-    code = main(
-        [
-            "bench",
-            "--lengths",
-            *lengths,
-            "--repeats",
-            "5",
-            "--check",
-            str(BASELINE),
-            "--results",
-            str(tmp_path / "results"),
-        ]
-    )
-    assert code == 0
+@pytest.mark.parametrize("section", ["attention", "model"])
+def test_every_plugin_against_the_committed_baseline(tmp_path, section):
+    """The CI gate: the short sweep of every registered plugin (attention alone, and whole training steps of the
+    model with every causal plugin) must not regress against tests/bench/baseline.json."""
+    lengths = [str(n) for n in regression.load_baseline(BASELINE, section)["config"]["lengths"]]
+    mode = ["--model"] if section == "model" else []
+    args = ["bench", *mode, "--lengths", *lengths, "--repeats", "5", "--device", "cpu"]
+    assert main([*args, "--check", str(BASELINE), "--results", str(tmp_path / "results")]) == 0
+
+
+def test_model_section_is_saved_beside_the_attention_section(tmp_path):
+    path = tmp_path / "baseline.json"
+    regression.save_baseline(path, regression.make_baseline(run(), config={"lengths": [512]}))
+    model_rows = [{k: v for k, v in r.items() if k != "saved_bytes"} for r in run()]
+    regression.save_baseline(path, regression.make_baseline(model_rows, config={"lengths": [1024]}), section="model")
+    regression.save_baseline(path, regression.make_baseline(run(), config={"lengths": [256]}))  # keeps the model one
+    assert regression.load_baseline(path)["config"]["lengths"] == [256]
+    model = regression.load_baseline(path, section="model")
+    assert model["config"]["lengths"] == [1024] and "saved_bytes" not in model["cases"]["sinkhorn"]["512"]
+    slower = [dict(r, seconds_min=r["seconds_min"] * (2 if r["attention"] == "sinkhorn" else 1)) for r in model_rows]
+    assert [p.split(":")[0] for p in regression.compare(model, slower)] == ["sinkhorn at L=512", "sinkhorn at L=1024"]
+    with pytest.raises(ValueError, match="no model section"):
+        regression.load_baseline(_without_model(tmp_path), "model")
+
+
+def _without_model(tmp_path):
+    path = tmp_path / "plain.json"
+    regression.save_baseline(path, regression.make_baseline(run(), config={}))
+    return path
