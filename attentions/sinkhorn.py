@@ -33,6 +33,7 @@ from attentions._block_attention import sinkhorn_block_attention
 from attentions._blocks import causal_block_mask, key_valid, pad_length, to_blocks
 from attentions._registry import require_int
 from attentions._sinkhorn_ops import log_sinkhorn
+from attentions._sort_stats import sort_statistics
 from attentions._sortnet import SortNet, SortNetKind, gumbel_like
 from attentions.base import Attention, register_attention
 from attentions.vanilla import VanillaAttention
@@ -128,7 +129,14 @@ class SinkhornAttention(Attention):
         if self.causal:
             lower = torch.ones(n, n, dtype=torch.bool, device=kb.device).tril(-1)
             mask = lower if mask is None else mask & lower
-        return log_sinkhorn(logits, 2 * self.iterations, mask=mask, causal=self.causal).exp()
+        sort = log_sinkhorn(logits, 2 * self.iterations, mask=mask, causal=self.causal).exp()
+        self._last_sort = (sort.detach(), valid.any(dim=-1))  # for trial_metrics: how far from trivial it sorts
+        return sort
+
+    def trial_metrics(self) -> dict[str, float]:
+        """``sort_entropy`` and ``sort_nontrivial`` of the last forward's sort matrix (attentions._sort_stats)."""
+        last = getattr(self, "_last_sort", None)
+        return {} if last is None else sort_statistics(last[0], self.causal, last[1])
 
     def forward(self, q, k, v, padding_mask=None):
         self.check_inputs(q, k, v, padding_mask)
