@@ -138,7 +138,8 @@ class Transformer(nn.Module):
     def _embed(self, tokens: torch.Tensor) -> torch.Tensor:
         if tokens.shape[1] > self.cfg.max_len:
             raise ValueError(f"model: sequence length {tokens.shape[1]} exceeds max_len={self.cfg.max_len}")
-        return self.drop(self.embed(tokens) * math.sqrt(self.cfg.dim) + self.positions[: tokens.shape[1]])
+        embedded = self.embed(tokens) * math.sqrt(self.cfg.dim)
+        return self.drop(embedded + self.positions[: tokens.shape[1]].to(embedded.dtype))  # bf16 stays bf16
 
     def encode(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         x = self._embed(tokens)

@@ -297,5 +297,6 @@ def plugin_metrics(model: torch.nn.Module) -> dict[str, float]:
     for module in model.modules():
         if isinstance(module, Attention):
             for name, value in module.trial_metrics().items():
-                collected.setdefault(name, []).append(float(value))
+                if math.isfinite(value):  # a layer with nothing to say (e.g. too few blocks to sort) stays out
+                    collected.setdefault(name, []).append(float(value))
     return {name: sum(values) / len(values) for name, values in collected.items()}

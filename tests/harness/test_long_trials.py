@@ -241,6 +241,9 @@ def test_a_worker_killed_past_its_second_checkpoint_resumes_and_matches(tmp_path
 
     monkeypatch.setenv("ATTNBENCH_TEST_MARKER", str(tmp_path / "died.marker"))  # exists: the reference never dies
     monkeypatch.setenv("ATTNBENCH_TEST_DIE_AT", "11")
+    registry = attentions.base.REGISTRY
+    attentions.names()  # discover the shipped plugins first, then register the test plugin on a copy
+    monkeypatch.setattr(registry, "_classes", dict(registry._classes))  # restored after the test: no leak
     attentions.load_plugin_dir(plugins)
     reference = run_trial(only_config(path))
     stored = {
