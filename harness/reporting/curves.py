@@ -12,6 +12,7 @@ import seaborn as sns
 
 from harness.reporting.figures import _grid, _png, _text
 from harness.reporting.labels import METRIC_LABEL, context_captions, mean_ci, scaled
+from harness.running.metrics import HIGHER_IS_BETTER as PERCENT  # accuracy and exact match, shown in %
 
 
 def curve_rows(frame: pd.DataFrame) -> pd.DataFrame:
@@ -59,7 +60,11 @@ def curves_figure(frame: pd.DataFrame, trials: pd.DataFrame) -> dict | None:
         for line, drawn in pd.DataFrame(panel_points).groupby("line", sort=True):
             drawn = drawn.sort_values("step")
             ax.plot(drawn["step"], drawn["mean"], marker="o", markersize=3, label=_text(str(line)))
-            ax.fill_between(drawn["step"], drawn["mean"] - drawn["ci"], drawn["mean"] + drawn["ci"], alpha=0.2)
+            # the band is cut to the values the metric can take (with 2 seeds a t-interval easily passes 100%)
+            low, high = (0.0, 100.0) if metric in PERCENT else (0.0, None)
+            lower = (drawn["mean"] - drawn["ci"]).clip(lower=low, upper=high)
+            upper = (drawn["mean"] + drawn["ci"]).clip(lower=low, upper=high)
+            ax.fill_between(drawn["step"], lower, upper, alpha=0.2)
         ax.set_title(_text(f"{task} · {captions[context]}"), fontsize=8, wrap=True)
         ax.set_xlabel("training step")
         ax.set_ylabel(f"val {METRIC_LABEL.get(metric, metric)}")

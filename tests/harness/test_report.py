@@ -623,3 +623,32 @@ def test_cli_writes_the_page_and_says_where(store, tmp_path, capsys):
     assert main(["report", "--results", str(store.root), "--out", str(out)]) == 0
     assert out.read_text(encoding="utf-8").startswith("<!doctype html>")
     assert str(out) in " ".join(capsys.readouterr().out.split())  # the command's answer: stdout
+
+
+def test_learning_curves_are_mean_and_interval_per_step_and_stay_out_of_the_tables(tmp_path):
+    store = ResultStore(tmp_path / "store")
+    train = {**TRAIN, "eval_every": 10, "select": "best"}
+    curve = {("vanilla", 0): [0.2, 0.5], ("vanilla", 1): [0.4, 0.7], ("local", 0): [0.1, 0.3], ("local", 1): [0.3, 0.5]}
+    for (attention, seed), points in curve.items():
+        params = {"block_size": 32} if attention == "local" else {}
+        metrics = [("test", "exact_match", 0.9), ("test", "edit_distance", 0.1)]
+        for step, em in zip((10, 20), points, strict=True):
+            metrics += [("val", "loss", 1.0 - em, step), ("val", "exact_match", em, step), ("train", "loss", 2.0, step)]
+        write(store, task="sort", attention=attention, params=params, seed=seed, metrics=metrics, train=train)
+    built = {s["id"]: s for s in report.build_sections(store.read())}
+    points = {(p["line"], p["step"]): p for p in built["learning-curves"]["figure"]["points"]}
+    assert set(points) == {(line, step) for line in ("Transformer", "Local Attention (32)") for step in (10, 20)}
+    vanilla = points[("Transformer", 20)]
+    assert vanilla["metric"] == "exact_match" and vanilla["n"] == 2
+    assert vanilla["mean"] == pytest.approx(60.0)  # in %, mean of 50 and 70
+    assert vanilla["ci"] == pytest.approx(stats.t.ppf(0.975, 1) * np.std([50, 70], ddof=1) / math.sqrt(2))
+    (table,) = built["table1"]["tables"]
+    assert "best validation step" in table["caption"]
+    assert column(table, "test", "EM (%)") is not None
+    assert not any(h["top"] == "val" for h in table["columns"])  # curve rows never become table columns
+    page = report.render(store.read())
+    assert page.count('id="learning-curves"') == 1 and "Learning curves" in page
+
+
+def test_no_learning_curves_section_without_periodic_rows(sections):
+    assert "learning-curves" not in sections
