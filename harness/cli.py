@@ -259,6 +259,25 @@ def _bench(args: argparse.Namespace, consoles: Consoles) -> int:
     return EXIT_TRIALS_FAILED if problems else 0
 
 
+def _rerun(args: argparse.Namespace, consoles: Consoles) -> int:
+    import attentions
+    from harness.running.rerun import rerun
+
+    for folder in args.plugins:
+        attentions.load_plugin_dir(folder)
+    consoles.err.print(f"re-running trial {args.trial} from its stored config (in this process, no Ray)")
+    outcome = rerun(args.results, args.trial)
+    if outcome.identical:
+        consoles.out.print(
+            f"{outcome.trial_id} {outcome.label}: all {outcome.compared} stored values reproduced exactly"
+        )
+        return 0
+    consoles.out.print(f"{outcome.trial_id} {outcome.label}: {len(outcome.differences)} of {outcome.compared} differ")
+    for key, stored, fresh in outcome.differences:
+        consoles.out.print(f"  {key}: stored {stored!r}, now {fresh!r}", highlight=False)
+    return EXIT_TRIALS_FAILED
+
+
 def _plugins_option(command: argparse.ArgumentParser) -> None:
     command.add_argument(
         "--plugins",
@@ -349,6 +368,16 @@ def parser() -> argparse.ArgumentParser:
         help="page to write (default: %(default)s)",
     )
 
+    again = verbs.add_parser(
+        "rerun",
+        help="re-run a stored trial from its stored config and check that every stored value comes out the same",
+        description="Re-run one stored trial in this process (no Ray) and compare every stored value, learning curve "
+        "included, for exact equality. Exit status 1 if any differs.",
+    )
+    again.add_argument("trial", metavar="TRIAL_ID", help="a stored trial's id, or a unique prefix of it")
+    _results_option(again, "Parquet store holding the trial")
+    _plugins_option(again)
+
     sweep = verbs.add_parser(
         "bench",
         help="speed & memory sweep of plugins (forward + backward) -> the store",
@@ -395,7 +424,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     consoles = Consoles(out=Console(), err=Console(stderr=True))
     console = consoles.err
-    handlers = {"run": _run, "list": _list, "report": _report, "bench": _bench}
+    handlers = {"run": _run, "list": _list, "report": _report, "bench": _bench, "rerun": _rerun}
     try:
         return handlers[args.verb](args, consoles)
     except ValueError as exc:  # GridError and every plugin/task validation error

@@ -236,3 +236,24 @@ def test_trials_failing_on_one_missing_data_set_are_summarised_once(tmp_path):
     summary = [line for line in run.stderr.splitlines() if "trials failed on hf:" in line]
     assert len(summary) == 1 and summary[0].startswith("2 trials failed on hf:no-such-owner/no-such-set")
     assert "offline" in summary[0]
+
+
+def test_rerun_reproduces_a_stored_trial_exactly_and_flags_a_changed_value(tmp_path):
+    import pyarrow.parquet as pq
+
+    results = tmp_path / "results"
+    grid = grid_file(tmp_path, "{sinkhorn: {block_size: 4}}", steps=8)
+    assert cli("run", str(grid), "--results", str(results)).returncode == 0
+    (part,) = results.glob("part-*.parquet")
+    trial_id = part.name[len("part-") : -len(".parquet")]
+    again = cli("rerun", trial_id[:8], "--results", str(results))
+    assert again.returncode == 0, again.stderr
+    assert f"{trial_id} sort:sinkhorn" in again.stdout and "reproduced exactly" in again.stdout
+
+    table = pq.read_table(part).to_pandas()
+    table.loc[table["metric"] == "exact_match", "value"] += 0.5  # a stored number that the code no longer gives
+    table.to_parquet(part)
+    changed = cli("rerun", trial_id, "--results", str(results))
+    assert changed.returncode == 1 and "differ" in changed.stdout and "exact_match" in changed.stdout
+    missing = cli("rerun", "nope", "--results", str(results))
+    assert missing.returncode == 2 and "no ok trials with an id starting with 'nope'" in missing.stderr
