@@ -11,8 +11,7 @@ import pandas as pd
 import seaborn as sns
 
 from harness.reporting.figures import _grid, _png, _text
-from harness.reporting.labels import METRIC_LABEL, context_captions, mean_ci, scaled
-from harness.running.metrics import HIGHER_IS_BETTER as PERCENT  # accuracy and exact match, shown in %
+from harness.reporting.labels import METRIC_LABEL, PERCENT, context_captions, mean_ci, scaled
 
 
 def curve_rows(frame: pd.DataFrame) -> pd.DataFrame:

@@ -72,10 +72,6 @@ def _barrier() -> None:
         dist.barrier()
 
 
-def _tag_step(tag: str) -> int:
-    return int(tag.rsplit("step", 1)[1])
-
-
 class TrialCheckpoints:
     """Save, find, restore and remove the checkpoints of one trial (every rank calls save and restore)."""
 
@@ -201,8 +197,3 @@ def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def checkpoint_step(tag: str | None) -> int | None:
-    """The step a tag was saved at (``step120`` and ``best-step120`` -> 120)."""
-    return None if tag is None else _tag_step(tag)

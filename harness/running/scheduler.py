@@ -210,10 +210,12 @@ def run_grid(
     started_ray = connect(address)
     sha, dirs = git_sha(), [str(Path(d).resolve()) for d in plugin_dirs or []]
     clock = time.perf_counter()
+    errors: list[str] = []  # of this run's failed trials, for the end-of-run summary of shared causes
     try:
         for trial, message in unplaceable(pending, embedded=started_ray, warn=lambda m: console.print(f"[yellow]{m}")):
             store.write_trial(trial.trial_id, _rows(trial, {"error": f"{trial.label} {message}"}, sha))
             summary.failed.append(trial.trial_id)
+            errors.append(message)
             console.print(f"[red]failed[/red] {trial.label} {message}", highlight=False)
         pending = [trial for trial in pending if trial.trial_id not in summary.failed]
         remote = ray.remote(execute_trial)
@@ -239,6 +241,8 @@ def run_grid(
                     if not outcome.get("error") and not trial.train.get("keep_checkpoints"):
                         TrialCheckpoints(checkpoints, trial.trial_id).remove()
                     (summary.failed if outcome.get("error") else summary.ok).append(trial.trial_id)
+                    if outcome.get("error"):
+                        errors.append(outcome["error"])
                     progress.finished(trial.trial_id, ok=not outcome.get("error"))
                     status = "[red]failed[/red]" if outcome.get("error") else "[green]ok[/green]"
                     progress.print(f"{status} {trial.label} {_headline(outcome)}")
@@ -251,19 +255,17 @@ def run_grid(
         if started_ray:
             ray.shutdown()
     summary.seconds = time.perf_counter() - clock
-    _say_shared_causes(store, summary.failed, console)
+    _say_shared_causes(errors, console)
     return summary
 
 
-def _say_shared_causes(store: ResultStore, failed: list[str], console: Console) -> None:
+def _say_shared_causes(errors: list[str], console: Console) -> None:
     """One line per data set that several trials failed to load (``hf:ID: not found``), with the count and what to
     do, instead of leaving a user to read the same error N times."""
     from tasks._hub import failure_key
 
-    if len(failed) < 2:
+    if len(errors) < 2:
         return
-    frame = store.read()
-    errors = frame.loc[frame["trial_id"].isin(failed)].drop_duplicates("trial_id")["error"]
     causes: dict[str, list[str]] = {}
     for error in errors:
         key = failure_key(error)
