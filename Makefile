@@ -64,7 +64,7 @@ lint: install
 
 clean:
 	rm -rf $(VENV) results/*.parquet
-	find reports -name '*.html' ! -name replication.html -delete
+	find reports -name '*.html' ! -name 'replication*.html' -delete
 
 # The replication study (README "What replicates at CPU scale"): every grid under harness/grids/replication into one
 # committed store, then its report. Hours on 2 cores; stop it any time, and the next `make replicate` resumes where it
