@@ -1,0 +1,65 @@
+"""``prefix_logsumexp``: the fast prefix normalization of Causal Sinkhorn Balancing, against torch.logcumsumexp."""
+
+import torch
+
+from attentions._sinkhorn_ops import log_sinkhorn, prefix_logsumexp
+
+
+def masked_lower(n: int) -> torch.Tensor:
+    return torch.ones(n, n, dtype=torch.bool).tril(-1)
+
+
+def test_matches_logcumsumexp_in_value_and_gradient():
+    """Against float64 logcumsumexp as the oracle: no worse than torch's own float32 logcumsumexp."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, 16, 16, generator=g) * 20
+    w = torch.randn(2, 3, 16, 16, generator=g)
+
+    def value_and_grad(fn, dtype):
+        t = x.to(dtype).requires_grad_()
+        out = fn(t)
+        (out * w.to(dtype)).sum().backward()
+        return out.double(), t.grad.double()
+
+    exact = value_and_grad(lambda t: torch.logcumsumexp(t, dim=-2), torch.float64)
+    fast = value_and_grad(prefix_logsumexp, torch.float32)
+    torch_f32 = value_and_grad(lambda t: torch.logcumsumexp(t, dim=-2), torch.float32)
+    for mine, theirs, truth in zip(fast, torch_f32, exact, strict=True):
+        torch.testing.assert_close(mine, truth, atol=1e-4, rtol=1e-5)
+        assert (mine - truth).abs().max() <= (theirs - truth).abs().max() * 1.01
+
+
+def test_float64_gradcheck():
+    x = torch.randn(1, 2, 6, 5, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(prefix_logsumexp, (x,))
+
+
+def test_prefix_far_below_the_column_maximum_falls_back_exactly():
+    """Entries ~1,000 below a later maximum underflow in float64; the fallback keeps them exact."""
+    x = torch.tensor([[-1000.0, 0.0], [-999.0, 1.0], [0.0, 2.0]]).reshape(1, 1, 3, 2)
+    out = prefix_logsumexp(x)
+    torch.testing.assert_close(out, torch.logcumsumexp(x, dim=-2))
+    assert out[0, 0, 0, 0] == -1000.0
+
+
+def test_masked_prefixes_stay_finite_and_causal_balancing_is_unchanged():
+    """Strictly lower-triangular masks (causal Sinkhorn): every column starts with masked rows."""
+    g = torch.Generator().manual_seed(1)
+    logits = (torch.randn(2, 4, 12, 12, generator=g) * 8).requires_grad_()
+    mask = masked_lower(12)
+    floor = torch.finfo(logits.dtype).min
+    masked = logits.detach().masked_fill(~mask, floor)
+    assert torch.isfinite(prefix_logsumexp(masked)).all()
+
+    fast = log_sinkhorn(logits, 10, mask=mask, causal=True)
+    x, reference = logits.detach().clone().requires_grad_(), None
+    y = x.masked_fill(~mask, floor)
+    for step in range(10):  # the balancing written with torch.logcumsumexp, as before the fast path
+        y = y - (torch.logsumexp(y, -1, keepdim=True) if step % 2 == 0 else torch.logcumsumexp(y, dim=-2))
+        y = y.masked_fill(~mask, floor)
+    reference = y
+    torch.testing.assert_close(fast, reference, atol=1e-5, rtol=1e-5)
+    w = torch.randn(2, 4, 12, 12, generator=g)
+    (fast.exp() * w).sum().backward()
+    (reference.exp() * w).sum().backward()
+    torch.testing.assert_close(logits.grad, x.grad, atol=1e-5, rtol=1e-4)
