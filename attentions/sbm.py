@@ -18,10 +18,17 @@ is multiplied by 1 + p_ij - stopgrad(p_ij) (value 1, gradient as if the edge's w
 trains C and the MLP through the sampled edges. ``extra_loss`` is the density regularizer ``density`` x mean p_ij
 over the allowed (real, causal-visible) pairs: the expected edge fraction, so the model pays for denser graphs.
 
-Complexity per head: the edge probabilities are computed densely, O(L^2 * clusters) time and O(L^2) memory (scalars,
-no d-dimensional products: the paper's fastRG sampling would avoid even that; backward recomputes them from the
-L x clusters factors); attention is O(L^2 * d) in BLAS products on a dense graph and O(E * d) for E sampled edges on
-a sparse one. ``trial_metrics()`` reports the realized edge fraction of the last forward.
+Sampling, chosen per training forward from the expected edge count (O(L * clusters) to compute): a dense graph is
+drawn pair by pair from the L x L probabilities; a sparse one by fastRG (Rohe et al. 2018, the paper's sampler), which
+never forms them. fastRG draws the Poisson multigraph exactly: per cluster c, Poisson(sum_i (YB)_ic * sum_j Z_jc) edges,
+each with its query i drawn in proportion to (YB)_ic and its key j to Z_jc; collapsing multi-edges then gives the same
+independent Bernoulli(p_ij) graph as the pair-by-pair draw (padded positions get zero membership, causal rejects j > i).
+
+Complexity per head: on the dense-sampling path the edge probabilities are O(L^2 * clusters) time and O(L^2) memory
+(scalars, no d-dimensional products; backward recomputes them block by block from the L x clusters factors); on the
+fastRG path sampling is O(L * clusters + E) for E edges, and only the density regularizer's sum of p stays O(L^2 *
+clusters) time, block by block in O(L * 128) memory. Attention is O(L^2 * d) in BLAS products on a dense graph and
+O(E * d) on a sparse one. ``trial_metrics()`` reports the realized edge fraction of the last forward.
 
 Parameters: ``clusters`` (block-model clusters per head), ``density`` (weight of the density regularizer, >= 0).
 """
@@ -47,6 +54,9 @@ class SBMAttention(Attention):
     # pairs, and on the edge list below it: chosen per forward from the drawn graph. Measured at L = 2048, D = 64
     # (CPU, fp32): the edge list costs 6x the dense path at 3% of the pairs, 2.3x at 1%, 0.8x at 0.45%, 0.5x at 0.15%.
     dense_above: ClassVar[float] = 1 / 256
+    # Training draws the graph by fastRG when the expected number of (multi-)edges is below this fraction of the L x L
+    # pairs: fastRG costs O(E), the pair-by-pair draw O(L^2) whatever E is.
+    fastrg_below: ClassVar[float] = 1 / 256
 
     def __init__(
         self,
@@ -95,6 +105,13 @@ class SBMAttention(Attention):
         self.check_inputs(q, k, v, padding_mask)
         batch, heads, length, dim = q.shape
         yb, z = self.memberships(q, k)
+        valid = key_valid(padding_mask, batch, length, length, q.device)  # (B, L)
+        allowed_count = (_allowed_count(valid, self.causal) * heads).clamp(min=1)
+        if self.training:
+            with torch.no_grad():
+                expected = _expected_edges(yb, z, valid, self.causal)
+            if expected < self.fastrg_below * batch * heads * length * length:
+                return self._fastrg_attention(q, k, v, yb, z, valid, allowed_count)
         allowed = self.allowed_pairs(batch, length, padding_mask, q.device)
         with torch.no_grad():
             p = _probability(yb, z).masked_fill_(~allowed, 0.0)  # (B, H, L, L), only to draw the graph
@@ -102,35 +119,31 @@ class SBMAttention(Attention):
             graph = p.bernoulli_(p) > 0 if self.training else p >= 0.5  # in place: one L x L float tensor, not two
             del p
             graph = (graph & allowed) | torch.eye(length, dtype=torch.bool, device=q.device)  # every query keeps itself
-            allowed_count = (allowed.count_nonzero() * heads).clamp(min=1)
             self._edge_fraction = (graph & allowed).count_nonzero() / allowed_count  # self-edges count: attended
             edges = int(graph.count_nonzero())
-        self.extra_loss = self.density * _ProbabilitySum.apply(yb, z, allowed, p_sum, self.causal) / allowed_count
+        self.extra_loss = self.density * _ProbabilitySum.apply(yb, z, valid, p_sum, self.causal) / allowed_count
         if edges >= self.dense_above * graph.numel():
-            return _DenseGraphAttention.apply(q, k, v, yb, z, graph, allowed, self.causal)
+            return _DenseGraphAttention.apply(q, k, v, yb, z, graph, valid, self.causal)
         return self._edge_list_attention(q, k, v, yb, z, graph, allowed)
 
     def _edge_list_attention(self, q, k, v, yb, z, graph, allowed):
-        """Attention on the sampled edges only, O(E * D): for sparse graphs, where E is well below L^2."""
-        batch, heads, length, dim = q.shape
+        """Attention on the drawn graph's edges only, O(E * D): for sparse graphs, where E is well below L^2."""
+        batch, heads = q.shape[:2]
         with torch.no_grad():
             b, h, i, j = graph.nonzero(as_tuple=True)  # (E,) each: the sampled edges
             carries = allowed.expand(batch, heads, -1, -1)[b, h, i, j]  # padded self-edges carry no gradient
-        row = (b * heads + h) * length + i  # flat query id of each edge
-        col = (b * heads + h) * length + j  # flat key id
-        flat = batch * heads * length
-        score = (q.reshape(flat, dim)[row] * k.reshape(flat, dim)[col]).sum(-1) * dim**-0.5  # (E,)
-        top = torch.full((flat,), float("-inf"), dtype=score.dtype, device=q.device)
-        top = top.scatter_reduce(0, row, score.detach(), "amax")  # a stabilizer; the result does not depend on it
-        k_count = yb.shape[-1]
-        rate = (yb.reshape(flat, k_count)[row] * z.reshape(flat, k_count)[col]).sum(-1)
-        p_edge = (-torch.expm1(-rate) * carries).to(score.dtype)
-        weight = (score - top[row]).exp() * (1 + p_edge - p_edge.detach())  # straight-through: value 1, grad of p
-        denom = torch.zeros(flat, dtype=weight.dtype, device=q.device).index_add(0, row, weight)
-        out = torch.zeros(flat, dim, dtype=v.dtype, device=q.device).index_add(
-            0, row, weight[:, None] * v.reshape(flat, dim)[col]
-        )
-        return (out / denom[:, None]).view(batch, heads, length, dim)
+        return _edge_attention(q, k, v, yb, z, (b, h, i, j), carries)
+
+    def _fastrg_attention(self, q, k, v, yb, z, valid, allowed_count):
+        """Training on a sparse expected graph: draw it by fastRG, attend on its edge list; nothing L x L is formed."""
+        batch, heads, length, _ = q.shape
+        with torch.no_grad():
+            b, h, i, j = fastrg_edges(yb, z, valid, self.causal)
+            carries = valid[b, i] & valid[b, j] & ((j <= i) if self.causal else True)  # False: a padded self-edge
+            self._edge_fraction = carries.count_nonzero() / allowed_count
+        p_sum = _ProbabilitySum.total(yb, z, valid, self.causal)
+        self.extra_loss = self.density * _ProbabilitySum.apply(yb, z, valid, p_sum, self.causal) / allowed_count
+        return _edge_attention(q, k, v, yb, z, (b, h, i, j), carries)
 
     def trial_metrics(self) -> dict[str, float]:
         """Realized edge fraction of the last forward: attended edges (self-edges included) over the allowed (real,
@@ -139,6 +152,82 @@ class SBMAttention(Attention):
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, clusters={self.clusters}, density={self.density}"
+
+
+def _edge_attention(q, k, v, yb, z, edges, carries) -> torch.Tensor:
+    """Softmax attention over an edge list ``edges`` = (b, h, i, j), O(E * D), with the straight-through weight
+    1 + p_ij - stopgrad(p_ij) on the edges that ``carries`` marks (real, allowed pairs)."""
+    batch, heads, length, dim = q.shape
+    b, h, i, j = edges
+    row = (b * heads + h) * length + i  # flat query id of each edge
+    col = (b * heads + h) * length + j  # flat key id
+    flat = batch * heads * length
+    score = (q.reshape(flat, dim)[row] * k.reshape(flat, dim)[col]).sum(-1) * dim**-0.5  # (E,)
+    top = torch.full((flat,), float("-inf"), dtype=score.dtype, device=q.device)
+    top = top.scatter_reduce(0, row, score.detach(), "amax")  # a stabilizer; the result does not depend on it
+    k_count = yb.shape[-1]
+    rate = (yb.reshape(flat, k_count)[row] * z.reshape(flat, k_count)[col]).sum(-1)
+    p_edge = (-torch.expm1(-rate) * carries).to(score.dtype)
+    weight = (score - top[row]).exp() * (1 + p_edge - p_edge.detach())  # straight-through: value 1, grad of p
+    denom = torch.zeros(flat, dtype=weight.dtype, device=q.device).index_add(0, row, weight)
+    out = torch.zeros(flat, dim, dtype=v.dtype, device=q.device).index_add(
+        0, row, weight[:, None] * v.reshape(flat, dim)[col]
+    )
+    return (out / denom[:, None]).view(batch, heads, length, dim)
+
+
+def _allowed_count(valid: torch.Tensor, causal: bool) -> torch.Tensor:
+    """Allowed (real query, real key, causal-visible) pairs summed over the batch, from the (B, L) mask in O(L)."""
+    if causal:
+        return (valid * valid.cumsum(dim=-1)).sum()
+    return (valid.sum(dim=-1) ** 2).sum()
+
+
+def _expected_edges(yb: torch.Tensor, z: torch.Tensor, valid: torch.Tensor, causal: bool) -> float:
+    """Expected number of Poisson multi-edges over the allowed pairs, sum of rate_ij, in O(L * clusters)."""
+    keep = valid[:, None, :, None].to(yb.dtype)
+    yb, z = yb * keep, z * keep
+    if causal:  # sum_i (YB)_i . sum_{j <= i} Z_j
+        return float((yb * z.cumsum(dim=2)).sum())
+    return float((yb.sum(dim=2) * z.sum(dim=2)).sum())
+
+
+def _draw(weights: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """For each entry r of ``rows``, an index drawn in proportion to ``weights[r]`` ((R, L), rows with mass only):
+    one search in the rows' CDFs laid end to end (row r's CDF shifted into (r, r + 1], in float64 for resolution)."""
+    cdf = weights.double().cumsum(dim=-1)
+    cdf = cdf / cdf[:, -1:].clamp(min=torch.finfo(torch.float64).tiny)
+    offsets = torch.arange(weights.shape[0], dtype=torch.float64, device=weights.device)[:, None]
+    target = rows.double() + (1 - torch.rand(rows.shape, dtype=torch.float64, device=weights.device))  # (r, r + 1]
+    index = torch.searchsorted((cdf + offsets).flatten(), target)
+    return (index - rows * weights.shape[1]).clamp_(0, weights.shape[1] - 1)
+
+
+def fastrg_edges(
+    yb: torch.Tensor, z: torch.Tensor, valid: torch.Tensor, causal: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(b, h, i, j) of a graph drawn by fastRG, sorted, duplicates collapsed, every query's self-edge added.
+
+    Edge (i, j) is present with probability exactly 1 - exp(-(YB)_i . Z_j) on allowed pairs, independently (Poisson
+    splitting of the multigraph by cluster, then collapsing), and never elsewhere. Cost O(L * clusters + E)."""
+    batch, heads, length, clusters = yb.shape
+    keep = valid[:, None, :, None].to(yb.dtype)
+    yb, z = (yb * keep).float(), (z * keep).float()
+    # (B * H * k, L): row r = (b, h, c) holds cluster c's query and key weights
+    y_rows = yb.permute(0, 1, 3, 2).reshape(-1, length)
+    z_rows = z.permute(0, 1, 3, 2).reshape(-1, length)
+    counts = torch.poisson(y_rows.sum(-1).double() * z_rows.sum(-1).double()).long()  # multi-edges per cluster
+    rows = torch.repeat_interleave(torch.arange(counts.numel(), device=yb.device), counts)
+    i, j = _draw(y_rows, rows), _draw(z_rows, rows)
+    bh = rows // clusters  # b * heads + h
+    if causal:
+        bh, i, j = bh[j <= i], i[j <= i], j[j <= i]
+    selves = torch.arange(batch * heads * length, device=yb.device)
+    keys = torch.cat([(bh * length + i) * length + j, selves * length + selves % length])
+    keys = torch.unique(keys)  # sorted: the order of graph.nonzero() on the same graph
+    pair, j = keys // length, keys % length
+    bh, i = pair // length, pair % length
+    return bh // heads, bh % heads, i, j
 
 
 def _probability(yb: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
@@ -163,30 +252,60 @@ def _flat(t: torch.Tensor) -> torch.Tensor:
     return t.reshape(-1, *t.shape[2:])
 
 
+def _zero_disallowed_(
+    piece: torch.Tensor, valid: torch.Tensor, padded: list[bool], sequence: int, r0: int, causal: bool
+) -> torch.Tensor:
+    """Zero, in place, the entries of ``piece`` (query rows [r0, r0 + rows), key columns [0, cols)) that are not
+    allowed. Without padding only the causal triangle of the diagonal square needs it, so most pieces cost nothing."""
+    rows, cols = piece.shape
+    if padded[sequence]:
+        allowed = valid[sequence, r0 : r0 + rows, None] & valid[sequence, None, :cols]
+        if causal:
+            allowed = allowed & (
+                torch.arange(cols, device=valid.device) <= torch.arange(r0, r0 + rows, device=valid.device)[:, None]
+            )
+        return piece.masked_fill_(~allowed, 0.0)
+    if causal:
+        piece[:, r0:cols].masked_fill_(torch.ones(rows, cols - r0, dtype=torch.bool, device=piece.device).triu(1), 0.0)
+    return piece
+
+
 def _rate_factors(ys, zs, n, r0, r1, c1):
     """exp(-rate) = 1 - p on rows [r0, r1) and columns [0, c1) of head n: the derivative of p by the rate."""
     return torch.matmul(ys[n, r0:r1], zs[n, :c1].transpose(-1, -2)).neg_().exp_()
 
 
 class _ProbabilitySum(torch.autograd.Function):
-    """Sum of p over the allowed pairs, its value computed by the caller from the p it samples the graph from; the
-    backward recomputes p block by block from its (L x k) factors instead of keeping an L x L tensor."""
+    """Sum of p over the allowed pairs. Its value comes from the caller (the p it samples the graph from) or from
+    ``total``; the backward recomputes p block by block from its (L x k) factors instead of keeping an L x L tensor."""
 
     @staticmethod
-    def forward(ctx, yb, z, allowed, value, causal):
-        ctx.save_for_backward(yb, z, allowed)
+    def total(yb: torch.Tensor, z: torch.Tensor, valid: torch.Tensor, causal: bool) -> torch.Tensor:
+        """The sum of p over the allowed pairs, block by block (O(L^2 * k) time, O(L * 128) memory)."""
+        heads, padded = yb.shape[1], (~valid.all(dim=-1)).tolist()
+        ys, zs = (_flat(t.detach().contiguous()) for t in (yb, z))
+        total = ys.new_zeros(())
+        for n, r0, r1, c1 in _pieces(yb, causal):
+            p = _rate_factors(ys, zs, n, r0, r1, c1).neg_().add_(1.0)
+            total += _zero_disallowed_(p, valid, padded, n // heads, r0, causal).sum()
+        return total
+
+    @staticmethod
+    def forward(ctx, yb, z, valid, value, causal):
+        ctx.save_for_backward(yb, z, valid)
         ctx.causal = causal
         return value.clone()
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad):
-        yb, z, allowed = ctx.saved_tensors
-        heads = yb.shape[1]
+        yb, z, valid = ctx.saved_tensors
+        heads, padded = yb.shape[1], (~valid.all(dim=-1)).tolist()
         d_yb, d_z = yb.new_zeros(yb.shape), z.new_zeros(z.shape)
-        ys, zs, oks, d_ys, d_zs = (_flat(t.contiguous()) for t in (yb, z, allowed, d_yb, d_z))
+        ys, zs, d_ys, d_zs = (_flat(t.contiguous()) for t in (yb, z, d_yb, d_z))
         for n, r0, r1, c1 in _pieces(yb, ctx.causal):
-            d_rate = _rate_factors(ys, zs, n, r0, r1, c1).masked_fill_(~oks[n // heads, r0:r1, :c1], 0.0).mul_(grad)
+            d_rate = _rate_factors(ys, zs, n, r0, r1, c1).mul_(grad)
+            _zero_disallowed_(d_rate, valid, padded, n // heads, r0, ctx.causal)
             d_ys[n, r0:r1] = d_rate @ zs[n, :c1]
             d_zs[n, :c1] += d_rate.transpose(-1, -2) @ ys[n, r0:r1]
         return d_yb, d_z, None, None, None
@@ -202,7 +321,7 @@ class _DenseGraphAttention(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, q, k, v, yb, z, graph, allowed, causal):
+    def forward(ctx, q, k, v, yb, z, graph, valid, causal):
         scale = q.shape[-1] ** -0.5
         out, lse = q.new_empty(q.shape), q.new_empty(q.shape[:-1])
         qs, ks, vs, gs, outs, lses = (_flat(t.contiguous()) for t in (q, k, v, graph, out, lse))
@@ -211,19 +330,20 @@ class _DenseGraphAttention(torch.autograd.Function):
             scores.masked_fill_(~gs[n, r0:r1, :c1], float("-inf"))
             lses[n, r0:r1] = torch.logsumexp(scores, dim=-1)  # finite: the self-edge is always there
             torch.matmul(scores.sub_(lses[n, r0:r1, None]).exp_(), vs[n, :c1], out=outs[n, r0:r1])
-        ctx.save_for_backward(q, k, v, yb, z, graph, allowed, out, lse)
+        ctx.save_for_backward(q, k, v, yb, z, graph, valid, out, lse)
         ctx.causal = causal
         return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx, d_out):
-        q, k, v, yb, z, graph, allowed, out, lse = ctx.saved_tensors
+        q, k, v, yb, z, graph, valid, out, lse = ctx.saved_tensors
         heads, scale = q.shape[1], q.shape[-1] ** -0.5
+        padded = (~valid.all(dim=-1)).tolist()
         delta = (d_out * out).sum(dim=-1)  # (B, H, L)
         grads = [t.new_zeros(t.shape) for t in (q, k, v, yb, z)]
-        inputs = (q, k, v, yb, z, graph, allowed, lse, delta, d_out)
-        qs, ks, vs, ys, zs, gs, oks, lses, deltas, d_outs = (_flat(t.contiguous()) for t in inputs)
+        inputs = (q, k, v, yb, z, graph, lse, delta, d_out)
+        qs, ks, vs, ys, zs, gs, lses, deltas, d_outs = (_flat(t.contiguous()) for t in inputs)
         d_qs, d_ks, d_vs, d_ys, d_zs = (_flat(t) for t in grads)
         for n, r0, r1, c1 in _pieces(q, ctx.causal):
             rows, cols = slice(r0, r1), slice(0, c1)
@@ -236,7 +356,7 @@ class _DenseGraphAttention(torch.autograd.Function):
             d_qs[n, rows] = (d_scores @ ks[n, cols]).mul_(scale)
             d_ks[n, cols] += (d_scores.transpose(-1, -2) @ qs[n, rows]).mul_(scale)
             # dL/dp = dS on allowed edges (padded self-edges carry none); dp/drate = exp(-rate).
-            d_rate = d_scores.masked_fill_(~oks[n // heads, rows, cols], 0.0).to(ys.dtype)
+            d_rate = _zero_disallowed_(d_scores, valid, padded, n // heads, r0, ctx.causal).to(ys.dtype)
             d_rate.mul_(_rate_factors(ys, zs, n, r0, r1, c1))
             d_ys[n, rows] = d_rate @ zs[n, cols]
             d_zs[n, cols] += d_rate.transpose(-1, -2) @ ys[n, rows]

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 import attentions
+from attentions import sbm
 from harness.model import ModelConfig, Transformer
 from harness.running.trainer import plugin_metrics
 
@@ -216,3 +217,88 @@ def test_path_follows_the_drawn_graph(monkeypatch):
         attn.cluster_embeddings.abs_()
     attn(q, k, v)
     assert calls == ["edges"]
+
+
+# --- fastRG: the sampler of sparse graphs ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_fastrg_draws_each_edge_independently_with_its_probability(causal):
+    """Empirical edge frequencies over many draws match p_ij = 1 - exp(-(YB)_i . Z_j) on allowed pairs (within 5
+    standard errors), disallowed pairs never appear, self-edges always do, and two edges of one row are independent."""
+    g = torch.Generator().manual_seed(0)
+    yb, z = torch.rand(2, HEADS, 6, 3, generator=g) * 0.6, torch.rand(2, HEADS, 6, 3, generator=g) * 0.6
+    valid = padding(6, False)
+    valid[0, 5] = False
+    p = 1 - torch.exp(-(yb @ z.transpose(-1, -2)))
+    allowed = (valid[:, :, None] & valid[:, None, :])[:, None].expand_as(p)
+    if causal:
+        allowed = allowed & torch.ones(6, 6, dtype=torch.bool).tril()
+    draws = 4000
+    counts = torch.zeros_like(p)
+    both = 0  # edges (2, 0) and (2, 1) of sequence 0, head 0, together
+    torch.manual_seed(1)
+    for _ in range(draws):
+        b, h, i, j = sbm.fastrg_edges(yb, z, valid, causal)
+        graph = torch.zeros_like(p, dtype=torch.bool)
+        graph[b, h, i, j] = True
+        counts += graph
+        both += bool(graph[0, 0, 2, 0] and graph[0, 0, 2, 1])
+    freq = counts / draws
+    eye = torch.eye(6, dtype=torch.bool).expand_as(p)
+    assert (freq[eye] == 1).all()
+    assert (freq[~allowed & ~eye] == 0).all()
+    off = allowed & ~eye
+    error = (freq[off] - p[off]).abs() / (p[off] * (1 - p[off]) / draws).sqrt()
+    assert error.max() < 5, f"largest deviation {error.max():.1f} standard errors"
+    joint = p[0, 0, 2, 0] * p[0, 0, 2, 1]
+    assert abs(both / draws - joint) < 5 * math.sqrt(joint * (1 - joint) / draws)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_fastrg_path_is_attention_on_its_drawn_graph(causal, monkeypatch):
+    """Training on a sparse expected graph takes the fastRG path: its output, edge fraction, density loss and
+    straight-through gradients are those of the written-out reference on the graph fastRG drew."""
+    attn = make(causal, density=0.3).train()
+    monkeypatch.setattr(attn, "fastrg_below", 2.0)  # every training forward samples by fastRG
+    q, k, v = qkv(14)
+    mask = padding(14, True)
+    target = torch.randn_like(q) * mask[:, None, :, None]
+    torch.manual_seed(4)
+    loss = (attn(q, k, v, padding_mask=mask) * target).sum() + attn.extra_loss
+    loss.backward()
+    got = [t.grad.clone() for t in (attn.cluster_embeddings, attn.mlp[0].weight, attn.mlp[2].weight)]
+    fraction = attn.trial_metrics()["edge_fraction"]
+    attn.zero_grad()
+
+    yb, z = attn.memberships(q, k)
+    torch.manual_seed(4)
+    b, h, i, j = sbm.fastrg_edges(yb.detach(), z.detach(), mask, causal)
+    p, allowed = probabilities(attn, q, k, mask, causal)
+    graph = torch.zeros_like(p, dtype=torch.bool)
+    graph[b, h, i, j] = True
+    pairs = allowed.sum() * HEADS  # allowed pairs over sequences and heads
+    assert graph[allowed.expand_as(graph)].any() and not graph[allowed.expand_as(graph)].all(), "neither empty nor full"
+    assert not (graph & ~allowed & ~torch.eye(14, dtype=torch.bool)).any()
+    reference = graph_attention(q, k, v, p, graph)
+    expected_loss = 0.3 * p.sum() / pairs
+    ((reference * target).sum() + expected_loss).backward()
+    want = [t.grad for t in (attn.cluster_embeddings, attn.mlp[0].weight, attn.mlp[2].weight)]
+    for a, w in zip(got, want, strict=True):
+        torch.testing.assert_close(a, w, atol=1e-5, rtol=1e-4)
+    assert fraction == pytest.approx(float((graph & allowed).sum() / pairs))
+
+
+def test_fastrg_never_forms_the_pair_probabilities(monkeypatch):
+    """A sparse graph in training is drawn, attended and regularized without the L x L probability tensor."""
+    torch.manual_seed(0)
+    attn = attentions.build("sbm", heads=HEADS, head_dim=DIM, max_len=512, clusters=3, causal=True).train()
+    with torch.no_grad():
+        attn.mlp[-1].bias.fill_(-4.0)  # memberships about 0.02: about 1e-3 expected edges per pair
+        attn.cluster_embeddings.abs_()
+    monkeypatch.setattr(sbm, "_probability", lambda *a: pytest.fail("formed the L x L probabilities"))
+    q, k, v = (t.requires_grad_() for t in qkv(400))
+    out = attn(q, k, v)
+    (out.sum() + attn.extra_loss).backward()
+    assert torch.isfinite(q.grad).all() and attn.cluster_embeddings.grad.abs().sum() > 0
+    assert attn.trial_metrics()["edge_fraction"] < 2 * attn.fastrg_below
