@@ -61,6 +61,24 @@ def test_plugin_trains_on_cuda_in_bf16(name, causal):
     assert torch.isfinite(y).all() and all(torch.isfinite(t.grad).all() for t in (q, k, v))
 
 
+@pytest.mark.parametrize("causal", [False, True])
+def test_sbm_fastrg_path_trains_on_cuda_in_bf16(causal, monkeypatch):
+    """The fastRG sampler (sparse expected graphs) on the GPU: edges only where allowed, finite bf16 gradients."""
+    from attentions import sbm
+
+    attn = make("sbm", causal).train().cuda().to(torch.bfloat16)
+    monkeypatch.setattr(attn, "fastrg_below", 2.0)  # every training forward samples by fastRG
+    monkeypatch.setattr(sbm, "_probability", lambda *a: pytest.fail("formed the L x L probabilities"))
+    q, k, v = (t.cuda().bfloat16().requires_grad_() for t in qkv(40))
+    y = attn(q, k, v)
+    (y.float().square().mean() + attn.extra_loss.float()).backward()
+    assert torch.isfinite(y).all() and all(torch.isfinite(t.grad).all() for t in (q, k, v))
+    yb, z = attn.memberships(q, k)
+    valid = torch.ones(2, 40, dtype=torch.bool, device="cuda")
+    b, h, i, j = sbm.fastrg_edges(yb.detach(), z.detach(), valid, causal)
+    assert b.device.type == "cuda" and (not causal or bool((j <= i).all()))
+
+
 @pytest.mark.parametrize("name", CAUSAL)
 def test_no_causal_leak_on_cuda(name):
     attn = make(name, causal=True).eval().cuda()
