@@ -261,20 +261,31 @@ def _bench(args: argparse.Namespace, consoles: Consoles) -> int:
 
 def _rerun(args: argparse.Namespace, consoles: Consoles) -> int:
     import attentions
-    from harness.running.rerun import rerun
+    from harness.running.rerun import code_changed_since, rerun
 
-    for folder in args.plugins:
-        attentions.load_plugin_dir(folder)
-    consoles.err.print(f"re-running trial {args.trial} from its stored config (in this process, no Ray)")
-    outcome = rerun(args.results, args.trial)
+    if args.at_commit:
+        consoles.err.print(f"re-running trial {args.trial} at the commit it recorded (a temporary git worktree)")
+    else:
+        for folder in args.plugins:
+            attentions.load_plugin_dir(folder)
+        consoles.err.print(f"re-running trial {args.trial} from its stored config (in this process, no Ray)")
+    outcome = rerun(args.results, args.trial, at_commit=args.at_commit, plugin_dirs=args.plugins)
+    where = f"stored by {outcome.stored_commit or 'unknown code'}, re-run at {outcome.ran_at or 'unknown code'}"
     if outcome.identical:
         consoles.out.print(
-            f"{outcome.trial_id} {outcome.label}: all {outcome.compared} stored values reproduced exactly"
+            f"{outcome.trial_id} {outcome.label}: all {outcome.compared} stored values reproduced exactly ({where})"
         )
         return 0
-    consoles.out.print(f"{outcome.trial_id} {outcome.label}: {len(outcome.differences)} of {outcome.compared} differ")
+    consoles.out.print(
+        f"{outcome.trial_id} {outcome.label}: {len(outcome.differences)} of {outcome.compared} differ ({where})"
+    )
     for key, stored, fresh in outcome.differences:
         consoles.out.print(f"  {key}: stored {stored!r}, now {fresh!r}", highlight=False)
+    if not args.at_commit and code_changed_since(outcome.stored_commit):
+        consoles.err.print(
+            f"the code (attentions, tasks, harness) changed since {outcome.stored_commit}, which can move the last "
+            "bits; `--at-commit` re-runs the trial with the code that stored it"
+        )
     return EXIT_TRIALS_FAILED
 
 
@@ -371,10 +382,16 @@ def parser() -> argparse.ArgumentParser:
     again = verbs.add_parser(
         "rerun",
         help="re-run a stored trial from its stored config and check that every stored value comes out the same",
-        description="Re-run one stored trial in this process (no Ray) and compare every stored value, learning curve "
-        "included, for exact equality. Exit status 1 if any differs.",
+        description="Re-run one stored trial (no Ray) and compare every stored value, learning curve included, for "
+        "exact equality. Exit status 1 if any differs.",
     )
     again.add_argument("trial", metavar="TRIAL_ID", help="a stored trial's id, or a unique prefix of it")
+    again.add_argument(
+        "--at-commit",
+        action="store_true",
+        help="re-run with the code of the commit the trial recorded (a temporary git worktree, a child process) "
+        "instead of the code checked out now",
+    )
     _results_option(again, "Parquet store holding the trial")
     _plugins_option(again)
 

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import platform
 import subprocess
 from importlib import metadata
 from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+CODE_PATHS = ("attentions", "tasks", "harness", "pyproject.toml")  # what decides a trial's numbers (not results/)
 
 
 def versions() -> dict[str, str]:
@@ -19,11 +23,32 @@ def versions() -> dict[str, str]:
     return found
 
 
-def git_sha() -> str | None:
+def _git(root: Path, *args: str) -> str | None:
     try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5
-        )
+        out = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.SubprocessError):
         return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def git_sha(root: Path = PROJECT_ROOT) -> str | None:
+    """The checkout's HEAD commit, or None outside a git checkout."""
+    return _git(root, "rev-parse", "HEAD") or None
+
+
+def code_version(root: Path = PROJECT_ROOT) -> str | None:
+    """HEAD's commit, with ``-dirty`` appended when tracked code (``CODE_PATHS``) differs from it: the version of the
+    code as it is on disk now. None outside a git checkout."""
+    sha = git_sha(root)
+    if sha is None:
+        return None
+    changed = _git(root, "status", "--porcelain", "--untracked-files=no", "--", *CODE_PATHS)
+    return sha + "-dirty" if changed else sha
+
+
+@functools.cache
+def loaded_code_version() -> str | None:
+    """``code_version()`` taken once per process, at the first call. A worker calls it as it imports the plugins: a
+    long-lived process keeps the modules it imported even after the files change, so the commit at the driver's start
+    (or at the time of storing) can name other code than the trial ran."""
+    return code_version()

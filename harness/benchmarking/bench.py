@@ -243,9 +243,9 @@ def store_sweep(
     ``length`` and ``peak_memory_bytes`` columns set. ``config["run"]`` keeps runs apart. Returns the trial count.
     ``model=True`` stores the model-level sweep (``harness.benchmarking.model_bench``) as task ``model_step``:
     metrics ``seconds`` and ``steps_per_second`` in split ``train_step``."""
-    from harness.provenance import git_sha, versions
+    from harness.provenance import loaded_code_version, versions
 
-    store, sha, found = ResultStore(store_dir), git_sha(), json.dumps(versions(), sort_keys=True)
+    store, sha, found = ResultStore(store_dir), loaded_code_version(), json.dumps(versions(), sort_keys=True)
     now = dt.datetime.now(dt.UTC)
     for row in rows:
         params = {"block_size": config["block_size"]} if row["attention"] in config.get("block_plugins", ()) else {}

@@ -20,7 +20,7 @@ from typing import Any
 
 from rich.console import Console
 
-from harness.provenance import git_sha, versions
+from harness.provenance import code_version, loaded_code_version, versions
 from harness.running.grid import Trial
 from harness.running.placement import unplaceable
 from harness.store import ResultStore, rows_for_trial
@@ -63,7 +63,7 @@ def execute_trial(
     from harness.running.trainer import run_trial
 
     started = _now()
-    outcome: dict[str, Any] = {"result": None, "error": None, "versions": versions()}
+    outcome: dict[str, Any] = {"result": None, "error": None, "versions": versions(), "git_sha": loaded_code_version()}
     try:
         progress = reporter(board, trial_id_of(config)) if board is not None else None
         if config["resources"]["workers"] > 1:
@@ -128,7 +128,7 @@ def _rows(trial: Trial, outcome: dict[str, Any], sha: str | None) -> list[dict[s
         "world_size": result.get("world_size"),
         "started_at": outcome.get("started_at"),
         "finished_at": outcome.get("finished_at") or _now(),
-        "git_sha": sha,
+        "git_sha": outcome.get("git_sha") or sha,  # the code the worker loaded; the driver's HEAD if unknown
         "versions": json.dumps(outcome.get("versions") or versions(), sort_keys=True),
         "resumed_from_step": result.get("resumed_from_step"),
         "selected_step": result.get("selected_step"),
@@ -208,7 +208,7 @@ def run_grid(
         return summary
     checkpoints = checkpoints or default_checkpoints(store.root)
     started_ray = connect(address)
-    sha, dirs = git_sha(), [str(Path(d).resolve()) for d in plugin_dirs or []]
+    sha, dirs = code_version(), [str(Path(d).resolve()) for d in plugin_dirs or []]
     clock = time.perf_counter()
     errors: list[str] = []  # of this run's failed trials, for the end-of-run summary of shared causes
     try:

@@ -257,3 +257,31 @@ def test_rerun_reproduces_a_stored_trial_exactly_and_flags_a_changed_value(tmp_p
     assert changed.returncode == 1 and "differ" in changed.stdout and "exact_match" in changed.stdout
     missing = cli("rerun", "nope", "--results", str(results))
     assert missing.returncode == 2 and "no ok trials with an id starting with 'nope'" in missing.stderr
+
+
+def test_rerun_at_the_recorded_commit_uses_that_code_in_a_worktree(tmp_path):
+    """The trial records the code its worker loaded; ``--at-commit`` re-runs it there, in a temporary worktree that
+    is removed afterwards. Code with uncommitted changes cannot be checked out again, and says so."""
+    from harness.provenance import PROJECT_ROOT, code_version
+    from harness.store import ResultStore
+
+    if code_version() is None:
+        pytest.skip("needs a git checkout")
+    results = tmp_path / "results"
+    assert (
+        cli(
+            "run", str(grid_file(tmp_path, "{sinkhorn: {block_size: 4}}", steps=6)), "--results", str(results)
+        ).returncode
+        == 0
+    )
+    recorded = set(ResultStore(results).read()["git_sha"])
+    assert recorded == {code_version()}  # the commit of the code that ran (with -dirty if it was uncommitted)
+    worktrees = subprocess.run(["git", "worktree", "list"], cwd=PROJECT_ROOT, capture_output=True, text=True).stdout
+    again = cli("rerun", next(iter(ResultStore(results).finished_ids())), "--results", str(results), "--at-commit")
+    if code_version().endswith("-dirty"):
+        assert again.returncode == 2 and "stored by uncommitted code" in again.stderr
+    else:
+        assert again.returncode == 0, again.stderr
+        assert "reproduced exactly" in again.stdout and f"re-run at {code_version()}" in again.stdout
+    after = subprocess.run(["git", "worktree", "list"], cwd=PROJECT_ROOT, capture_output=True, text=True).stdout
+    assert after == worktrees  # the temporary worktree is gone
