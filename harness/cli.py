@@ -273,11 +273,13 @@ def _rerun(args: argparse.Namespace, consoles: Consoles) -> int:
     where = f"stored by {outcome.stored_commit or 'unknown code'}, re-run at {outcome.ran_at or 'unknown code'}"
     if outcome.identical:
         consoles.out.print(
-            f"{outcome.trial_id} {outcome.label}: all {outcome.compared} stored values reproduced exactly ({where})"
+            f"{outcome.trial_id} {outcome.label}: all {outcome.compared} stored values reproduced exactly ({where})",
+            soft_wrap=True,
         )
         return 0
     consoles.out.print(
-        f"{outcome.trial_id} {outcome.label}: {len(outcome.differences)} of {outcome.compared} differ ({where})"
+        f"{outcome.trial_id} {outcome.label}: {len(outcome.differences)} of {outcome.compared} differ ({where})",
+        soft_wrap=True,
     )
     for key, stored, fresh in outcome.differences:
         consoles.out.print(f"  {key}: stored {stored!r}, now {fresh!r}", highlight=False)
