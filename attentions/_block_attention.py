@@ -3,10 +3,9 @@
 Query block i attends, in one softmax, to sorted block i (row i of the sort matrix applied to the key and value blocks)
 and to its own block. Written with autograd operators this joins two (b x b) score blocks, splits the weights again and
 adds up gradient contributions in extra passes, which on CPU costs about as much as the matrix products themselves.
-Here each query block's [sorted block; own block] keys and values are written straight into one (2b x D) matrix, so
-scores and outputs are one batched product each; the forward keeps those matrices, the weights and the output; the
-backward uses dS = P * (dP - rowsum(dO * O)): eight batched matrix products and a few in-place passes. ``reference``
-is the same computation in plain autograd operators (the test oracle).
+Here the forward keeps only the weights, the output and the sorted blocks; the backward uses
+dS = P * (dP - rowsum(dO * O)) and accumulates every gradient in place (``baddbmm_``): ten batched matrix products and
+a few in-place passes. ``reference`` is the same computation in plain autograd operators (the test oracle).
 """
 
 from __future__ import annotations
@@ -39,58 +38,51 @@ class _SinkhornBlockAttention(torch.autograd.Function):
         batch, heads, n, block, dim = shape
         scale = dim**-0.5
         rows = (batch * heads, n, block * dim)  # one row per block: sorting is a (n x n) @ (n x b*D) product
+        flat = (-1, block, dim)  # one matrix per block: attention is a batch of (b x D) products
+        # The 1/sqrt(D) of the scores rides on the small sort matrix (sorted keys) and on the matrix product's
+        # alpha (own block), so no pass over q or the scores is spent on it.
         sort = sort.to(q.dtype).reshape(batch * heads, n, n)
-        kb, vb, q = kb.reshape(rows), vb.reshape(rows), q.reshape(-1, block, dim)
-        # Query block i reads [sorted block i; own block i]: both halves are written straight into one (2b x D)
-        # matrix per block, so scores, outputs and every gradient are single batched products with no concatenation.
-        # The keys carry 1/sqrt(D) (on the small sort matrix and in the copy), so no pass over q or the scores does.
-        keys, values = (q.new_empty(batch * heads, n, 2, block * dim) for _ in range(2))
-        torch.bmm(sort * scale, kb, out=keys[:, :, 0])
-        torch.mul(kb, scale, out=keys[:, :, 1])
-        torch.bmm(sort, vb, out=values[:, :, 0])
-        values[:, :, 1].copy_(vb)
-        keys, values = keys.view(-1, 2 * block, dim), values.view(-1, 2 * block, dim)  # (N, 2b, D), N = B * H * n
-        scores = torch.bmm(q, keys.transpose(1, 2))  # (N, b, 2b): sorted half, then own half
+        kb, vb, q = kb.reshape(rows), vb.reshape(rows), q.reshape(flat)
+        ks = torch.bmm(sort * scale, kb)  # scaled sorted keys
+        vs = torch.bmm(sort, vb)
+        s1 = torch.bmm(q, ks.view(flat).transpose(1, 2))  # (N, b, b), N = B * H * n
+        s2 = torch.empty_like(s1)  # (matrix products into a strided half of one buffer fall back to a slow loop)
+        torch.baddbmm(s2, q, kb.view(flat).transpose(1, 2), beta=0, alpha=scale, out=s2)
         floor = torch.finfo(q.dtype).min  # finite: a row with nothing visible comes out uniform, not NaN
-        _mask_halves_(scores, shape, sorted_ok, local_ok, floor)
-        p = torch.softmax(scores, dim=-1)
-        out = torch.bmm(p, values)
-        ctx.save_for_backward(q, keys, values, sort, p, out)
+        for scores, mask in ((s1, sorted_ok), (s2, local_ok)):
+            if mask is not None:
+                scores.view(*shape[:-1], block).masked_fill_(~mask, floor)
+        p = torch.softmax(torch.cat([s1, s2], dim=-1), dim=-1)  # (N, b, 2b)
+        out = torch.bmm(p[..., :block], vs.view(flat)).baddbmm_(p[..., block:], vb.view(flat))  # strided halves
+        ctx.save_for_backward(q, kb, vb, sort, ks, vs, p, out)
         ctx.masks, ctx.shape = (sorted_ok, local_ok), shape
         return out.view(shape)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, d_out):
-        q, keys, values, sort, p, out = ctx.saved_tensors
+        q, kb, vb, sort, ks, vs, p, out = ctx.saved_tensors
         shape = ctx.shape
-        batch, heads, n, block, dim = shape
+        block, dim = shape[-2], shape[-1]
         scale = dim**-0.5
-        halves = (batch * heads, n, 2, block * dim)  # the [sorted; own] matrices seen as per-block rows
+        flat = (-1, block, dim)
         d_out = d_out.reshape(out.shape)
+        p1, p2 = p[..., :block], p[..., block:]
         delta = (d_out * out).sum(dim=-1, keepdim=True)  # rowsum(P * dP) from D columns, not 2b
-        d_scores = torch.bmm(d_out, values.transpose(1, 2)).sub_(delta).mul_(p)  # (N, b, 2b)
-        _mask_halves_(d_scores, shape, *ctx.masks, 0.0)  # masked scores were constants: no gradient
-        d_q = torch.bmm(d_scores, keys)  # both halves of the keys already carry the scale
-        d_keys = torch.bmm(d_scores.transpose(1, 2), q).view(halves)  # w.r.t. the scaled [sorted; own] keys
-        d_values = torch.bmm(p.transpose(1, 2), d_out).view(halves)
-        d_ks, d_vs = d_keys[:, :, 0], d_values[:, :, 0]  # sorted halves, (B*H, n, b*D) strided rows
-        kb_scaled, vb = keys.view(halves)[:, :, 1], values.view(halves)[:, :, 1]
-        d_sort = torch.bmm(d_vs, vb.transpose(1, 2)).baddbmm_(d_ks, kb_scaled.transpose(1, 2))  # (B*H, n, n)
+        ds1 = torch.bmm(d_out, vs.view(flat).transpose(1, 2)).sub_(delta).mul_(p1)  # (N, b, b) score gradients
+        ds2 = torch.bmm(d_out, vb.view(flat).transpose(1, 2)).sub_(delta).mul_(p2)
+        # Masked scores were constants; zero them so a fully masked row (uniform weights) sends no gradient.
+        for ds, mask in zip((ds1, ds2), ctx.masks, strict=True):
+            if mask is not None:
+                ds.view(*shape[:-1], block).masked_fill_(~mask, 0)
+        d_q = torch.bmm(ds1, ks.view(flat)).baddbmm_(ds2, kb.view(flat), alpha=scale)  # ks already carries scale
+        d_ks = torch.bmm(ds1.transpose(1, 2), q).view(ks.shape)  # w.r.t. the scaled sorted keys, (B*H, n, b*D)
+        d_vs = torch.bmm(p1.transpose(1, 2), d_out).view(vs.shape)
+        d_sort = torch.bmm(d_vs, vb.transpose(1, 2)).baddbmm_(d_ks, kb.transpose(1, 2), alpha=scale)  # (B*H, n, n)
         sort_t = sort.transpose(1, 2)
-        d_kb = torch.baddbmm(d_keys[:, :, 1], sort_t, d_ks, beta=scale, alpha=scale)
-        d_vb = torch.baddbmm(d_values[:, :, 1], sort_t, d_vs)
+        d_kb = torch.bmm(ds2.transpose(1, 2), q).view(kb.shape).baddbmm_(sort_t, d_ks, beta=scale, alpha=scale)
+        d_vb = torch.bmm(p2.transpose(1, 2), d_out).view(vb.shape).baddbmm_(sort_t, d_vs)
         return d_q.view(shape), d_kb.view(shape), d_vb.view(shape), d_sort.view(*shape[:3], -1), None, None
-
-
-def _mask_halves_(scores: torch.Tensor, shape, sorted_ok, local_ok, fill: float) -> None:
-    """Fill, in place, the (N, b, 2b) scores' sorted half where ``sorted_ok`` is False and own half where
-    ``local_ok`` is; the masks broadcast to (B, H, n, b, b)."""
-    block = shape[-2]
-    view = scores.view(*shape[:-1], 2 * block)
-    for half, mask in ((view[..., :block], sorted_ok), (view[..., block:], local_ok)):
-        if mask is not None:
-            half.masked_fill_(~mask, fill)
 
 
 def sinkhorn_block_attention(q, kb, vb, sort, sorted_ok=None, local_ok=None) -> torch.Tensor:
