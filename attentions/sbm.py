@@ -252,6 +252,11 @@ def _flat(t: torch.Tensor) -> torch.Tensor:
     return t.reshape(-1, *t.shape[2:])
 
 
+def _padded(valid: torch.Tensor) -> list[bool]:
+    """Per sequence, whether it holds any padding (read once per call, not once per piece)."""
+    return (~valid.all(dim=-1)).tolist()
+
+
 def _zero_disallowed_(
     piece: torch.Tensor, valid: torch.Tensor, padded: list[bool], sequence: int, r0: int, causal: bool
 ) -> torch.Tensor:
@@ -282,7 +287,7 @@ class _ProbabilitySum(torch.autograd.Function):
     @staticmethod
     def total(yb: torch.Tensor, z: torch.Tensor, valid: torch.Tensor, causal: bool) -> torch.Tensor:
         """The sum of p over the allowed pairs, block by block (O(L^2 * k) time, O(L * 128) memory)."""
-        heads, padded = yb.shape[1], (~valid.all(dim=-1)).tolist()
+        heads, padded = yb.shape[1], _padded(valid)
         ys, zs = (_flat(t.detach().contiguous()) for t in (yb, z))
         total = ys.new_zeros(())
         for n, r0, r1, c1 in _pieces(yb, causal):
@@ -300,7 +305,7 @@ class _ProbabilitySum(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad):
         yb, z, valid = ctx.saved_tensors
-        heads, padded = yb.shape[1], (~valid.all(dim=-1)).tolist()
+        heads, padded = yb.shape[1], _padded(valid)
         d_yb, d_z = yb.new_zeros(yb.shape), z.new_zeros(z.shape)
         ys, zs, d_ys, d_zs = (_flat(t.contiguous()) for t in (yb, z, d_yb, d_z))
         for n, r0, r1, c1 in _pieces(yb, ctx.causal):
@@ -339,7 +344,7 @@ class _DenseGraphAttention(torch.autograd.Function):
     def backward(ctx, d_out):
         q, k, v, yb, z, graph, valid, out, lse = ctx.saved_tensors
         heads, scale = q.shape[1], q.shape[-1] ** -0.5
-        padded = (~valid.all(dim=-1)).tolist()
+        padded = _padded(valid)
         delta = (d_out * out).sum(dim=-1)  # (B, H, L)
         grads = [t.new_zeros(t.shape) for t in (q, k, v, yb, z)]
         inputs = (q, k, v, yb, z, graph, lse, delta, d_out)

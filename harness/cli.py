@@ -261,7 +261,8 @@ def _bench(args: argparse.Namespace, consoles: Consoles) -> int:
 
 def _rerun(args: argparse.Namespace, consoles: Consoles) -> int:
     import attentions
-    from harness.running.rerun import code_changed_since, rerun
+    from harness.provenance import code_changed_since
+    from harness.running.rerun import rerun
 
     if args.at_commit:
         consoles.err.print(f"re-running trial {args.trial} at the commit it recorded (a temporary git worktree)")

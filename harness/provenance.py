@@ -23,12 +23,17 @@ def versions() -> dict[str, str]:
     return found
 
 
-def _git(root: Path, *args: str) -> str | None:
+def run_git(*args: str, root: Path = PROJECT_ROOT, timeout: float = 60) -> subprocess.CompletedProcess | None:
+    """``git ARGS`` in ``root``; None when git cannot be run at all (not installed, timed out)."""
     try:
-        out = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=10)
+        return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=timeout)
     except (OSError, subprocess.SubprocessError):
         return None
-    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def _git(root: Path, *args: str) -> str | None:
+    out = run_git(*args, root=root, timeout=10)
+    return out.stdout.strip() if out is not None and out.returncode == 0 else None
 
 
 def git_sha(root: Path = PROJECT_ROOT) -> str | None:
@@ -52,3 +57,11 @@ def loaded_code_version() -> str | None:
     long-lived process keeps the modules it imported even after the files change, so the commit at the driver's start
     (or at the time of storing) can name other code than the trial ran."""
     return code_version()
+
+
+def code_changed_since(commit: str | None, root: Path = PROJECT_ROOT) -> bool | None:
+    """Whether the code on disk (``CODE_PATHS``) differs from ``commit``; None if that cannot be told."""
+    if not commit or commit.endswith("-dirty"):
+        return None
+    diff = run_git("diff", "--quiet", commit, "--", *CODE_PATHS, root=root)
+    return None if diff is None else {0: False, 1: True}.get(diff.returncode)

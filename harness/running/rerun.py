@@ -19,7 +19,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness.provenance import CODE_PATHS, PROJECT_ROOT, code_version
+from harness.provenance import loaded_code_version, run_git
 from harness.store import ResultStore
 
 # The child process of ``at_commit``: the trial's metrics as JSON into the file named by argv[2].
@@ -53,18 +53,6 @@ def _key(split: str, metric: str, step) -> tuple:
     return split, metric, None if step is None or (isinstance(step, float) and math.isnan(step)) else int(step)
 
 
-def _git(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["git", *args], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=60)
-
-
-def code_changed_since(commit: str | None) -> bool | None:
-    """Whether the code on disk (``CODE_PATHS``) differs from ``commit``; None if that cannot be told."""
-    if not commit or commit.endswith("-dirty"):
-        return None
-    diff = _git("diff", "--quiet", commit, "--", *CODE_PATHS)
-    return {0: False, 1: True}.get(diff.returncode)
-
-
 def _run_at_commit(config: dict, commit: str | None, plugin_dirs: list[str]) -> list:
     """The trial's metrics from a child process in a temporary worktree of ``commit`` (removed afterwards)."""
     if not commit:
@@ -76,9 +64,10 @@ def _run_at_commit(config: dict, commit: str | None, plugin_dirs: list[str]) -> 
         )
     with tempfile.TemporaryDirectory(prefix="attnbench-rerun-") as scratch:
         tree = Path(scratch) / "tree"
-        added = _git("worktree", "add", "--detach", str(tree), commit)
-        if added.returncode != 0:
-            raise ValueError(f"cannot check out commit {commit}: {added.stderr.strip()}")
+        added = run_git("worktree", "add", "--detach", str(tree), commit)
+        if added is None or added.returncode != 0:
+            why = "git cannot be run" if added is None else added.stderr.strip()
+            raise ValueError(f"cannot check out commit {commit}: {why}")
         try:
             out = Path(scratch) / "metrics.json"
             env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tree), os.environ.get("PYTHONPATH", "")])}
@@ -93,7 +82,7 @@ def _run_at_commit(config: dict, commit: str | None, plugin_dirs: list[str]) -> 
                 raise RuntimeError(f"the re-run at {commit} failed:\n{child.stderr[-3000:]}")
             return json.loads(out.read_text())
         finally:
-            _git("worktree", "remove", "--force", str(tree))
+            run_git("worktree", "remove", "--force", str(tree))
 
 
 def rerun(
@@ -119,7 +108,7 @@ def rerun(
             stored_commit,
         )
     else:
-        metrics, ran_at = run_trial(config).metrics, code_version()
+        metrics, ran_at = run_trial(config).metrics, loaded_code_version()  # the code this process imported
     fresh = {_key(split, metric, step): value for split, metric, value, step in metrics}
     differences = [
         (key, value, fresh.get(key)) for key, value in sorted(stored.items(), key=str) if fresh.get(key) != value

@@ -16,7 +16,7 @@ LENGTHS = [int(n) for n in os.environ.get("ATTNBENCH_SBM_LENGTHS", "2048,4096").
 
 
 def sparse_sbm(length: int) -> attentions.Attention:
-    """An ``sbm`` whose memberships sit near 0.03, so about 1 / (2 L) of the pairs are drawn (a learned sparse graph)."""
+    """An ``sbm`` whose memberships sit near 0.03: about 1 / (2 L) of the pairs are drawn (a learned sparse graph)."""
     torch.manual_seed(0)
     attn = attentions.build("sbm", heads=4, head_dim=64, max_len=length, causal=True).train()
     with torch.no_grad():
@@ -42,7 +42,7 @@ def sweep() -> list[tuple[int, float, float, int, int, float]]:
         attn = sparse_sbm(length)
         q, k, v = (torch.randn(1, 4, length, 64, requires_grad=True) for _ in range(3))
 
-        def step():
+        def step(attn=attn, q=q, k=k, v=v):
             (attn(q, k, v).sum() + attn.extra_loss).backward()
 
         measured = []

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.provenance import code_version, git_sha
+from harness.provenance import code_changed_since, code_version, git_sha
 
 pytestmark = pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
 
@@ -32,9 +32,10 @@ def test_code_version_names_the_commit_and_flags_changed_code_only(tmp_path):
     assert git_sha(tmp_path) == sha and code_version(tmp_path) == sha
     (tmp_path / "results" / "part.parquet").write_text("more rows\n")  # a store that grows is not a code change
     (tmp_path / "notes.txt").write_text("untracked\n")
-    assert code_version(tmp_path) == sha
+    assert code_version(tmp_path) == sha and code_changed_since(sha, tmp_path) is False
     (tmp_path / "attentions" / "plugin.py").write_text("X = 2\n")
-    assert code_version(tmp_path) == sha + "-dirty"
+    assert code_version(tmp_path) == sha + "-dirty" and code_changed_since(sha, tmp_path) is True
+    assert code_changed_since(sha + "-dirty", tmp_path) is None  # uncommitted code: nothing to compare against
 
 
 def test_outside_a_checkout_there_is_no_version(tmp_path):
