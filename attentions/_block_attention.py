@@ -45,17 +45,22 @@ class _SinkhornBlockAttention(torch.autograd.Function):
         kb, vb, q = kb.reshape(rows), vb.reshape(rows), q.reshape(flat)
         ks = torch.bmm(sort * scale, kb)  # scaled sorted keys
         vs = torch.bmm(sort, vb)
-        s1 = torch.bmm(q, ks.view(flat).transpose(1, 2))  # (N, b, b), N = B * H * n
-        s2 = torch.empty_like(s1)  # (matrix products into a strided half of one buffer fall back to a slow loop)
-        torch.baddbmm(s2, q, kb.view(flat).transpose(1, 2), beta=0, alpha=scale, out=s2)
         floor = torch.finfo(q.dtype).min  # finite: a row with nothing visible comes out uniform, not NaN
-        for scores, mask in ((s1, sorted_ok), (s2, local_ok)):
-            if mask is not None:
-                scores.view(*shape[:-1], block).masked_fill_(~mask, floor)
+        s1 = torch.bmm(q, ks.view(flat).transpose(1, 2))  # (N, b, b), N = B * H * n
+        _mask_scores_(s1.view(*shape[:-1], block), sorted_ok, floor)
+        # A mask the same for every block (causal, no padding) rides on the product as an additive bias: floor + a
+        # score rounds to floor, so this is the masked_fill's result for the cost of the product alone.
+        bias = _block_bias(local_ok, q.dtype)
+        s2 = torch.empty_like(s1)  # (matrix products into a strided half of one buffer fall back to a slow loop)
+        if bias is None:
+            torch.baddbmm(s2, q, kb.view(flat).transpose(1, 2), beta=0, alpha=scale, out=s2)
+            _mask_scores_(s2.view(*shape[:-1], block), local_ok, floor)
+        else:
+            torch.baddbmm(bias, q, kb.view(flat).transpose(1, 2), alpha=scale, out=s2)
         p = torch.softmax(torch.cat([s1, s2], dim=-1), dim=-1)  # (N, b, 2b)
         out = torch.bmm(p[..., :block], vs.view(flat)).baddbmm_(p[..., block:], vb.view(flat))  # strided halves
         ctx.save_for_backward(q, kb, vb, sort, ks, vs, p, out)
-        ctx.masks, ctx.shape = (sorted_ok, local_ok), shape
+        ctx.dead, ctx.shape = _dead_rows(sorted_ok, local_ok), shape
         return out.view(shape)
 
     @staticmethod
@@ -71,10 +76,11 @@ class _SinkhornBlockAttention(torch.autograd.Function):
         delta = (d_out * out).sum(dim=-1, keepdim=True)  # rowsum(P * dP) from D columns, not 2b
         ds1 = torch.bmm(d_out, vs.view(flat).transpose(1, 2)).sub_(delta).mul_(p1)  # (N, b, b) score gradients
         ds2 = torch.bmm(d_out, vb.view(flat).transpose(1, 2)).sub_(delta).mul_(p2)
-        # Masked scores were constants; zero them so a fully masked row (uniform weights) sends no gradient.
-        for ds, mask in zip((ds1, ds2), ctx.masks, strict=True):
-            if mask is not None:
-                ds.view(*shape[:-1], block).masked_fill_(~mask, 0)
+        # Masked scores are constants. Where a row sees something, their weights are exactly 0 and so is their
+        # gradient; a row that sees nothing has uniform weights, and its whole gradient is zeroed here.
+        if ctx.dead is not None:
+            for ds in (ds1, ds2):
+                ds.view(*shape[:-1], block).masked_fill_(ctx.dead, 0)
         d_q = torch.bmm(ds1, ks.view(flat)).baddbmm_(ds2, kb.view(flat), alpha=scale)  # ks already carries scale
         d_ks = torch.bmm(ds1.transpose(1, 2), q).view(ks.shape)  # w.r.t. the scaled sorted keys, (B*H, n, b*D)
         d_vs = torch.bmm(p1.transpose(1, 2), d_out).view(vs.shape)
@@ -83,6 +89,38 @@ class _SinkhornBlockAttention(torch.autograd.Function):
         d_kb = torch.bmm(ds2.transpose(1, 2), q).view(kb.shape).baddbmm_(sort_t, d_ks, beta=scale, alpha=scale)
         d_vb = torch.bmm(p2.transpose(1, 2), d_out).view(vb.shape).baddbmm_(sort_t, d_vs)
         return d_q.view(shape), d_kb.view(shape), d_vb.view(shape), d_sort.view(*shape[:3], -1), None, None
+
+
+def _mask_scores_(scores: torch.Tensor, mask: torch.Tensor | None, floor: float) -> None:
+    """Fill ``scores`` (B, H, n, b, b) with ``floor`` where ``mask`` is False, touching only the blocks that hide
+    something (a causal sorted half hides only block 0's: there is no earlier block to read)."""
+    if mask is None:
+        return
+    mask = mask.reshape((1,) * (5 - mask.dim()) + mask.shape)
+    hiding = ~mask.all(dim=-1).all(dim=-1)  # (B', H', n'): blocks with some masked entry
+    if bool(hiding.all()):
+        scores.masked_fill_(~mask, floor)
+        return
+    index = hiding.expand(scores.shape[:3]).nonzero(as_tuple=True)
+    if index[0].numel():
+        scores[index] = scores[index].masked_fill(~mask.expand(*scores.shape[:3], *mask.shape[3:])[index], floor)
+
+
+def _block_bias(mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
+    """A (b', b) additive bias (0 visible, floor hidden) when ``mask`` is the same for every block, else None."""
+    if mask is None or mask.dim() < 2 or any(size != 1 for size in mask.shape[:-2]):
+        return None
+    mask = mask.reshape(mask.shape[-2:])
+    return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(~mask, torch.finfo(dtype).min)
+
+
+def _dead_rows(sorted_ok: torch.Tensor | None, local_ok: torch.Tensor | None) -> torch.Tensor | None:
+    """(B', H', n', b', 1) True for query rows with nothing visible in either half, or None when there are none
+    (a half without a mask sees everything)."""
+    if sorted_ok is None or local_ok is None:
+        return None
+    dead = ~(sorted_ok.any(dim=-1, keepdim=True) | local_ok.any(dim=-1, keepdim=True))
+    return dead if bool(dead.any()) else None
 
 
 def sinkhorn_block_attention(q, kb, vb, sort, sorted_ok=None, local_ok=None) -> torch.Tensor:

@@ -197,18 +197,24 @@ def test_sortnet_is_per_head():
     assert not torch.allclose(s[:, 0], s[:, 1])
 
 
-@pytest.mark.parametrize("masked", [False, True])
-def test_fused_block_attention_matches_autograd_reference(masked):
+@pytest.mark.parametrize("masks", ["none", "random", "causal"])
+def test_fused_block_attention_matches_autograd_reference(masks):
     """The hand-written backward gives the reference's outputs and gradients (q, k, v and the sort matrix), including
-    rows with nothing visible; gradcheck in float64 checks it against finite differences."""
+    rows with nothing visible (random masks), a sorted half that hides one block only and a causal mask shared by
+    every block, which rides on the product as a bias (causal); gradcheck in float64 checks it against finite
+    differences."""
     g = torch.Generator().manual_seed(0)
     q, kb, vb = (torch.randn(2, 3, 4, 5, 6, generator=g, dtype=torch.float64, requires_grad=True) for _ in range(3))
     sort = torch.softmax(torch.randn(2, 3, 4, 4, generator=g, dtype=torch.float64), -1).requires_grad_()
     sorted_ok = local_ok = None
-    if masked:
+    if masks == "random":
         sorted_ok = torch.rand(2, 3, 4, 1, 5, generator=g) > 0.3
         local_ok = (torch.rand(2, 1, 4, 1, 5, generator=g) > 0.3) & torch.ones(5, 5, dtype=torch.bool).tril()
         sorted_ok[0, 0, 0], local_ok[0, 0, 0] = False, False  # block 0 of batch 0: every row sees nothing
+    elif masks == "causal":
+        sorted_ok = torch.ones(2, 3, 4, 1, 5, dtype=torch.bool)
+        sorted_ok[:, :, 0] = False  # causal block 0 has no earlier block to read
+        local_ok = torch.ones(5, 5, dtype=torch.bool).tril()
     inputs = (q, kb, vb, sort)
     expected, got = reference(*inputs, sorted_ok, local_ok), sinkhorn_block_attention(*inputs, sorted_ok, local_ok)
     torch.testing.assert_close(got, expected)
@@ -249,6 +255,31 @@ def test_backward_stays_fused_and_at_twice_the_forward_work():
     assert backward_flops.get_total_flops() <= 2 * forward_flops.get_total_flops()
     assert len(counter.ops) <= 20, counter.ops  # 18 today: 11 products, 7 elementwise passes
     assert not any(op.split(".")[1] in ("select", "clone", "copy_", "cat") for op in counter.ops), counter.ops
+
+
+def test_causal_masks_cost_no_pass_over_the_scores():
+    """Causal without padding: the own-block triangle rides on the score product as a bias, the sorted half is masked
+    in block 0 only, and the backward has no rows to zero, so no masking pass over the (B*H*n, b, b) scores is left
+    in forward or backward (each cost about as much as the score product itself at 4K on CPU)."""
+    g = torch.Generator().manual_seed(0)
+    q, kb, vb = (torch.randn(1, 2, 16, 8, 8, generator=g, requires_grad=True) for _ in range(3))
+    sort = torch.softmax(torch.randn(1, 2, 16, 16, generator=g), -1).requires_grad_()
+    sorted_ok = torch.ones(1, 2, 16, 1, 8, dtype=torch.bool)
+    sorted_ok[:, :, 0] = False
+    local_ok = torch.ones(8, 8, dtype=torch.bool).tril()
+    fills = []
+
+    class FillSizes(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if "masked_fill" in str(func):
+                fills.append(args[0].numel())
+            return func(*args, **(kwargs or {}))
+
+    with FillSizes():
+        out = sinkhorn_block_attention(q, kb, vb, sort, sorted_ok, local_ok)
+        out.backward(torch.ones_like(out))
+    scores = 2 * 16 * 8 * 8  # B * H * n * b * b
+    assert fills and max(fills) <= scores // 16, fills  # block 0's sorted half and the (b, b) bias, nothing more
 
 
 # --- Gumbel noise and temperature (section 3.2.1) ---------------------------------------------------------------
