@@ -4,16 +4,8 @@ Query block i attends, in one softmax, to sorted block i (row i of the sort matr
 and to its own block. Written with autograd operators this joins two (b x b) score blocks, splits the weights again and
 adds up gradient contributions in extra passes, which on CPU costs about as much as the matrix products themselves.
 Here the forward keeps only the weights, the output and the sorted blocks; the backward uses
-dS = P * (dP - rowsum(dO * O)). Sorting (the sort matrix times the key and value blocks, and its gradients) is a few
-wide batched products. The attention itself has two paths with the same results:
-
-* on the CPU in float32/float64, the fused kernel (``_fused_cpu``, ``csrc/sinkhorn_block.cpp``) computes one query
-  block at a time with its tiles in cache: every batched product below reads operands an earlier operator wrote out
-  of cache, so at 4K the fused kernel does the same work about 25-30% faster;
-* elsewhere (GPU, bfloat16, or where the kernel cannot be built) batched products over all blocks, every gradient
-  accumulated in place (``baddbmm_``).
-
-``reference`` is the same computation in plain autograd operators (the test oracle).
+dS = P * (dP - rowsum(dO * O)) and accumulates every gradient in place (``baddbmm_``): ten batched matrix products and
+a few in-place passes. ``reference`` is the same computation in plain autograd operators (the test oracle).
 """
 
 from __future__ import annotations

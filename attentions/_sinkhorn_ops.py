@@ -14,8 +14,6 @@ matrix (one exp and one log1p per element, unvectorized), and with its backward 
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch.autograd.function import once_differentiable
 
@@ -109,73 +107,6 @@ class _LogSinkhorn(torch.autograd.Function):
                     (g,) = torch.autograd.grad(x - torch.logcumsumexp(x, dim=-2), x, g)
             # g stays 0 on masked entries without a pass: their weights exp(y), exp(x - m) are exactly 0
         return g, None, None, None
-
-
-def sinkhorn_balance(
-    logits: torch.Tensor, steps: int, *, mask: torch.Tensor | None = None, causal: bool = False
-) -> torch.Tensor:
-    """``log_sinkhorn(...).exp()``: the balanced matrix itself, masked entries exactly 0, in ``logits``' dtype.
-
-    On the CPU it runs in the exp domain in float64 (``_ExpSinkhorn``): one exp, then every step divides by row,
-    column or column-prefix sums, where the log domain spends an exp and a log per entry and step (and torch's CPU
-    ``exp`` is 4x slower on the masked entries' huge negative values). Float64 holds the whole range when every allowed
-    entry starts less than ``700 - steps * log(n)`` below its row's maximum (each step shrinks an entry by at most a
-    factor n, so nothing reaches float64's subnormals); otherwise, for ``steps=0`` and off the CPU it is the log domain.
-    """
-    if steps < 0:
-        raise ValueError(f"sinkhorn_balance: steps must be >= 0, got {steps}")
-    if steps > 0 and logits.device.type == "cpu":
-        start = _exp_start(logits.detach(), steps, mask)
-        if start is not None:
-            return _ExpSinkhorn.apply(logits, start, steps, mask, causal)
-    return log_sinkhorn(logits, steps, mask=mask, causal=causal).exp()
-
-
-def _exp_start(x: torch.Tensor, steps: int, mask: torch.Tensor | None) -> torch.Tensor | None:
-    """float64 exp(x - row max) with masked entries 0, or None when an allowed entry sits too far below its row max."""
-    x = x.double() if mask is None else x.double().masked_fill(~mask, float("-inf"))
-    shifted = x - x.amax(dim=-1, keepdim=True).clamp_min(torch.finfo(torch.float64).min)  # a fully masked row: -inf
-    lowest = shifted.masked_fill(torch.isneginf(shifted), 0).amin()
-    if float(lowest) < -(700 - steps * math.log(max(x.shape[-2:]))):
-        return None
-    return shifted.exp()
-
-
-class _ExpSinkhorn(torch.autograd.Function):
-    """Balancing in the exp domain. Each step y = P / s divides by sums s (of rows, of columns, or of column prefixes,
-    S_r = sum_{i<=r} P_i); the backward of a row or column step is (g - sum(g * y)) / s over the same axis, of a prefix
-    step g_k / S_k - sum_{r>=k} g_r y_r / S_r; the first step's input is exp(x - max), so dx = dP * P. Gradients on
-    masked entries are zeroed after every step (their values are constant zeros; a division by the clamped sum of an
-    empty prefix must not grow them into infinities)."""
-
-    @staticmethod
-    def forward(ctx, logits, start, steps, mask, causal):
-        tiny = torch.finfo(torch.float64).tiny
-        p, saved = start, []
-        for step in range(steps):
-            if step % 2 == 0 or not causal:
-                sums = p.sum(dim=-1 if step % 2 == 0 else -2, keepdim=True).clamp_min(tiny)
-            else:
-                sums = p.cumsum(dim=-2).clamp_min(tiny)
-            p = p / sums
-            saved.append((step, sums, p))
-        ctx.start, ctx.saved, ctx.mask, ctx.causal = start, saved, mask, causal
-        return p.to(logits.dtype)
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad):
-        mask, causal = ctx.mask, ctx.causal
-        g = grad.double()
-        for step, sums, y in reversed(ctx.saved):
-            if mask is not None:
-                g = g.masked_fill(~mask, 0)
-            if step % 2 == 0 or not causal:
-                g = (g - (g * y).sum(dim=-1 if step % 2 == 0 else -2, keepdim=True)) / sums
-            else:
-                later = (g * y / sums).flip(-2).cumsum(-2).flip(-2)  # sum over r >= k of g_r y_r / S_r
-                g = g / sums - later
-        return (g * ctx.start).to(grad.dtype), None, None, None, None
 
 
 def _reachable(mask: torch.Tensor) -> torch.Tensor:

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from attentions._block_attention import sinkhorn_block_attention
 from attentions._blocks import causal_block_mask, key_valid, pad_length, to_blocks
 from attentions._registry import require_int
-from attentions._sinkhorn_ops import sinkhorn_balance
+from attentions._sinkhorn_ops import log_sinkhorn
 from attentions._sort_stats import sort_statistics
 from attentions._sortnet import SortNet, SortNetKind, gumbel_like
 from attentions.base import Attention, register_attention
@@ -150,7 +150,7 @@ class SinkhornAttention(Attention):
         if self.iterations == 0:
             sort = unbalanced_sort(logits, mask)
         else:
-            sort = sinkhorn_balance(logits, 2 * self.iterations, mask=mask, causal=self.causal)
+            sort = log_sinkhorn(logits, 2 * self.iterations, mask=mask, causal=self.causal).exp()
         self._last_sort = (sort.detach(), valid.any(dim=-1))  # for trial_metrics: how far from trivial it sorts
         return sort
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from attentions._sinkhorn_ops import log_sinkhorn, prefix_logsumexp, reference_log_sinkhorn, sinkhorn_balance
+from attentions._sinkhorn_ops import log_sinkhorn, prefix_logsumexp, reference_log_sinkhorn
 
 
 def masked_lower(n: int) -> torch.Tensor:
@@ -115,46 +115,3 @@ def test_hand_written_backward_is_a_few_operators_per_step():
     with Count():
         out.backward(torch.ones_like(out))
     assert len(ops) <= 8 * 10, ops
-
-
-@pytest.mark.parametrize("case", ["plain", "padded", "causal"])
-def test_exp_domain_balancing_matches_the_log_domain(case):
-    """``sinkhorn_balance`` (float64 exp domain on the CPU) against ``exp`` of the log-domain balancing in autograd
-    operators, both in float64: same matrix, same gradients, masked entries exactly 0; gradcheck too."""
-    g = torch.Generator().manual_seed(4)
-    n = 9
-    logits = torch.randn(2, 3, n, n, generator=g, dtype=torch.float64) * 6
-    mask, causal = None, case == "causal"
-    if case == "padded":
-        live = torch.tensor([[True] * n, [True] * (n - 3) + [False] * 3])
-        mask = (live[:, :, None] & live[:, None, :])[:, None]
-    if causal:
-        mask = masked_lower(n)
-    weights = torch.randn(2, 3, n, n, generator=g, dtype=torch.float64)
-
-    def run(fn):
-        x = logits.clone().requires_grad_()
-        out = fn(x)
-        (out * weights).sum().backward()
-        return out, x.grad
-
-    ours, our_grad = run(lambda x: sinkhorn_balance(x, 10, mask=mask, causal=causal))
-    theirs, their_grad = run(lambda x: reference_log_sinkhorn(x, 10, mask=mask, causal=causal).exp())
-    torch.testing.assert_close(ours, theirs, atol=1e-12, rtol=1e-9)
-    torch.testing.assert_close(our_grad, their_grad, atol=1e-10, rtol=1e-7)
-    if mask is not None:
-        assert (ours.detach()[~mask.expand_as(ours)] == 0).all()
-    x = logits.clone().requires_grad_()
-    assert torch.autograd.gradcheck(lambda t: sinkhorn_balance(t, 6, mask=mask, causal=causal), (x,))
-
-
-def test_exp_domain_balancing_falls_back_where_float64_would_underflow():
-    """Entries 2,000 below their row's maximum leave float64's range: the log domain runs instead, so the result
-    still matches it exactly (and a float32 input gives a float32 result)."""
-    logits = torch.randn(1, 2, 6, 6) * 3
-    logits[0, 0, 4, 1] = -2000.0  # allowed (below the diagonal)
-    mask = masked_lower(6)
-    expected = log_sinkhorn(logits, 10, mask=mask, causal=True).exp()
-    got = sinkhorn_balance(logits, 10, mask=mask, causal=True)
-    assert got.dtype == torch.float32
-    assert torch.equal(got, expected)
