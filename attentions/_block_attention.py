@@ -49,7 +49,7 @@ class _SinkhornBlockAttention(torch.autograd.Function):
         vs = torch.bmm(sort, vb)
         fused = _fused_cpu.usable(q)
         if fused is not None:  # one query block at a time, its tiles in cache (csrc/sinkhorn_block.cpp)
-            masks = (_per_block(sorted_ok, shape), _per_block(local_ok, shape))
+            masks = (_per_block(sorted_ok, shape), _per_block(local_ok, shape), _is_causal_triangle(local_ok, block))
             out, p = fused.forward(q, ks.view(flat), kb.view(flat), vs.view(flat), vb.view(flat), scale, *masks)
             ctx.fused, ctx.dead = masks, None
         else:
@@ -127,6 +127,13 @@ def _attend_batched_backward(d_out, q, ks, kb, vs, vb, p, out, shape, dead):
     d_kb = torch.bmm(ds2.transpose(1, 2), q)
     d_vb = torch.bmm(p2.transpose(1, 2), d_out)
     return d_q, d_ks, d_vs, d_kb, d_vb
+
+
+def _is_causal_triangle(mask: torch.Tensor | None, block: int) -> bool:
+    """Whether ``mask`` is the causal triangle of every block (the fused kernel then skips its structural zeros)."""
+    if mask is None or mask.dim() < 2 or any(size != 1 for size in mask.shape[:-2]) or mask.shape[-2] != block:
+        return False
+    return bool(torch.equal(mask.reshape(block, -1), torch.ones(block, block, dtype=torch.bool).tril()))
 
 
 def _per_block(mask: torch.Tensor | None, shape: torch.Size) -> torch.Tensor | None:

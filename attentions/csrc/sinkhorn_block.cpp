@@ -33,19 +33,30 @@ struct VecOf<double> {
 // Row-major C (M x N, ldc) = alpha * A (M x K, lda) @ B (K x N, ldb), added to C when ``accumulate``. The register
 // tile is 4 rows x 2 vectors (8 accumulators, two loads of B per four broadcasts of A), which on these 64-tiles runs
 // faster than a BLAS call per tile (that packs its operands for every call); leftovers are plain loops. ``TA``: A is
-// stored transposed (K x M, lda).
+// stored transposed (K x M, lda). ``shape`` skips structural zeros of a causal own block in the register tiles:
+// kLowerA, op(A) is lower-triangular (k <= row); kUpperA, op(A) is upper-triangular (k >= row); kLowerC, only the
+// lower triangle of C is wanted (tiles strictly above it are written as zeros). Leftover rows and columns are computed
+// in full, which is correct either way.
+enum Shape { kFull, kLowerA, kUpperA, kLowerC };
+
 template <bool TA, typename T>
-void gemm(int M, int N, int K, T alpha, const T* A, int lda, const T* B, int ldb, bool accumulate, T* C, int ldc) {
+void gemm(int M, int N, int K, T alpha, const T* A, int lda, const T* B, int ldb, bool accumulate, T* C, int ldc,
+          Shape shape) {
   using V = typename VecOf<T>::type;
   auto a_at = [&](int i, int k) { return TA ? A[k * lda + i] : A[i * lda + k]; };  // A^T needs no copy
   constexpr int W = VecOf<T>::width, MR = 4, NR = 2 * W;
   auto finish = [&](int i, int j, T sum) { C[i * ldc + j] = alpha * sum + (accumulate ? C[i * ldc + j] : T(0)); };
   int i = 0;
   for (; i + MR <= M; i += MR) {
+    const int k_begin = shape == kUpperA ? i : 0, k_end = shape == kLowerA ? std::min(K, i + MR) : K;
     int j = 0;
     for (; j + NR <= N; j += NR) {
+      if (shape == kLowerC && j >= i + MR) {
+        for (int r = 0; r < MR; ++r) std::fill(C + (i + r) * ldc + j, C + (i + r) * ldc + j + NR, T(0));
+        continue;
+      }
       V acc[MR][2] = {};
-      for (int k = 0; k < K; ++k) {
+      for (int k = k_begin; k < k_end; ++k) {
         V b0, b1;
         __builtin_memcpy(&b0, B + k * ldb + j, sizeof(V));
         __builtin_memcpy(&b1, B + k * ldb + j + W, sizeof(V));
@@ -95,15 +106,15 @@ void transpose(int rows, int cols, const T* in, int ld, T* out) {
 // A); a transposed B is first copied out transposed into ``scratch`` (one tile, in cache).
 template <typename T>
 void mm(bool ta, bool tb, int M, int N, int K, T alpha, const T* A, int lda, const T* B, int ldb, bool accumulate,
-        T* C, int ldc, T* scratch) {
+        T* C, int ldc, T* scratch, Shape shape = kFull) {
   if (tb) {
     transpose(N, K, B, ldb, scratch);  // B is stored N x K
     B = scratch, ldb = N;
   }
   if (ta)
-    gemm<true>(M, N, K, alpha, A, lda, B, ldb, accumulate, C, ldc);
+    gemm<true>(M, N, K, alpha, A, lda, B, ldb, accumulate, C, ldc, shape);
   else
-    gemm<false>(M, N, K, alpha, A, lda, B, ldb, accumulate, C, ldc);
+    gemm<false>(M, N, K, alpha, A, lda, B, ldb, accumulate, C, ldc, shape);
 }
 
 // Visibility of query block i: two bool masks, (blocks or 1, rows or 1, b) each, or absent (all visible).
@@ -149,11 +160,13 @@ bool softmax_row(T* row, int64_t b, const bool* sorted_ok, const bool* local_ok)
 
 // q, ks, kb, vs, vb: (N, b, D) contiguous, N = batch * heads * blocks; ks already carries the score scale, the own
 // block's scores get ``scale`` here. Masks: bool (N or 1, b or 1, b). Returns the output (N, b, D) and the weights
-// (N, b, 2b) the backward needs.
+// (N, b, 2b) the backward needs. ``causal_own``: the own-block mask is exactly the causal triangle, so the own
+// block's products skip the tiles that only meet its structural zeros.
 std::vector<torch::Tensor> forward(torch::Tensor q, torch::Tensor ks, torch::Tensor kb, torch::Tensor vs,
                                    torch::Tensor vb, double scale, c10::optional<torch::Tensor> sorted_ok,
-                                   c10::optional<torch::Tensor> local_ok) {
+                                   c10::optional<torch::Tensor> local_ok, bool causal_own) {
   const int64_t N = q.size(0), b = q.size(1), D = q.size(2);
+  const Shape lower_c = causal_own ? kLowerC : kFull, lower_a = causal_own ? kLowerA : kFull;
   auto out = torch::empty_like(q);
   auto p = torch::empty({N, b, 2 * b}, q.options());
   const Mask m1(sorted_ok, b), m2(local_ok, b);
@@ -169,10 +182,10 @@ std::vector<torch::Tensor> forward(torch::Tensor q, torch::Tensor ks, torch::Ten
         const int64_t t = i * b * D;
         scalar_t* pi = P + i * b * 2 * b;
         mm<scalar_t>(false, true, ib, ib, iD, 1, Q + t, iD, KS + t, iD, false, pi, i2b, tile);
-        mm<scalar_t>(false, true, ib, ib, iD, scalar_t(scale), Q + t, iD, KB + t, iD, false, pi + b, i2b, tile);
+        mm<scalar_t>(false, true, ib, ib, iD, scalar_t(scale), Q + t, iD, KB + t, iD, false, pi + b, i2b, tile, lower_c);
         for (int64_t r = 0; r < b; ++r) softmax_row<scalar_t>(pi + r * 2 * b, b, m1.row(i, r), m2.row(i, r));
         mm<scalar_t>(false, false, ib, iD, ib, 1, pi, i2b, VS + t, iD, false, O + t, iD, tile);
-        mm<scalar_t>(false, false, ib, iD, ib, 1, pi + b, i2b, VB + t, iD, true, O + t, iD, tile);
+        mm<scalar_t>(false, false, ib, iD, ib, 1, pi + b, i2b, VB + t, iD, true, O + t, iD, tile, lower_a);
       }
     });
   });
@@ -184,8 +197,10 @@ std::vector<torch::Tensor> forward(torch::Tensor q, torch::Tensor ks, torch::Ten
 std::vector<torch::Tensor> backward(torch::Tensor d_out, torch::Tensor q, torch::Tensor ks, torch::Tensor kb,
                                     torch::Tensor vs, torch::Tensor vb, torch::Tensor p, torch::Tensor out,
                                     double scale, c10::optional<torch::Tensor> sorted_ok,
-                                    c10::optional<torch::Tensor> local_ok) {
+                                    c10::optional<torch::Tensor> local_ok, bool causal_own) {
   const int64_t N = q.size(0), b = q.size(1), D = q.size(2);
+  const Shape lower_c = causal_own ? kLowerC : kFull, lower_a = causal_own ? kLowerA : kFull;
+  const Shape upper_a = causal_own ? kUpperA : kFull;
   auto d_q = torch::empty_like(q), d_ks = torch::empty_like(q), d_vs = torch::empty_like(q);
   auto d_kb = torch::empty_like(q), d_vb = torch::empty_like(q);
   const Mask m1(sorted_ok, b), m2(local_ok, b);
@@ -204,7 +219,7 @@ std::vector<torch::Tensor> backward(torch::Tensor d_out, torch::Tensor q, torch:
         const int64_t t = i * b * D;
         const scalar_t* pi = P + i * b * 2 * b;
         mm<scalar_t>(false, true, ib, ib, iD, 1, dO + t, iD, VS + t, iD, false, ds.data(), i2b, tile);  // dP, sorted half
-        mm<scalar_t>(false, true, ib, ib, iD, 1, dO + t, iD, VB + t, iD, false, ds.data() + b, i2b, tile);  // own half
+        mm<scalar_t>(false, true, ib, ib, iD, 1, dO + t, iD, VB + t, iD, false, ds.data() + b, i2b, tile, lower_c);  // own half
         for (int64_t r = 0; r < b; ++r) {
           scalar_t* row = ds.data() + r * 2 * b;
           const scalar_t* pr = pi + r * 2 * b;
@@ -224,11 +239,11 @@ std::vector<torch::Tensor> backward(torch::Tensor d_out, torch::Tensor q, torch:
         const scalar_t* ds1 = ds.data();
         const scalar_t* ds2 = ds.data() + b;
         mm<scalar_t>(false, false, ib, iD, ib, 1, ds1, i2b, KS + t, iD, false, dQ + t, iD, tile);
-        mm<scalar_t>(false, false, ib, iD, ib, s, ds2, i2b, KB + t, iD, true, dQ + t, iD, tile);
+        mm<scalar_t>(false, false, ib, iD, ib, s, ds2, i2b, KB + t, iD, true, dQ + t, iD, tile, lower_a);
         mm<scalar_t>(true, false, ib, iD, ib, 1, ds1, i2b, Q + t, iD, false, dKS + t, iD, tile);
         mm<scalar_t>(true, false, ib, iD, ib, 1, pi, i2b, dO + t, iD, false, dVS + t, iD, tile);
-        mm<scalar_t>(true, false, ib, iD, ib, s, ds2, i2b, Q + t, iD, false, dKB + t, iD, tile);
-        mm<scalar_t>(true, false, ib, iD, ib, 1, pi + b, i2b, dO + t, iD, false, dVB + t, iD, tile);
+        mm<scalar_t>(true, false, ib, iD, ib, s, ds2, i2b, Q + t, iD, false, dKB + t, iD, tile, upper_a);
+        mm<scalar_t>(true, false, ib, iD, ib, 1, pi + b, i2b, dO + t, iD, false, dVB + t, iD, tile, upper_a);
       }
     });
   });
