@@ -156,6 +156,12 @@ bool softmax_row(T* row, int64_t b, const bool* sorted_ok, const bool* local_ok)
   return true;
 }
 
+void check(std::initializer_list<const torch::Tensor*> tensors, int64_t N, int64_t rows, int64_t cols) {
+  for (const torch::Tensor* t : tensors)
+    TORCH_CHECK(t->is_contiguous() && t->dim() == 3 && t->size(0) == N && t->size(1) == rows && t->size(2) == cols,
+                "sinkhorn_block: expected contiguous (", N, ", ", rows, ", ", cols, ") tensors, got ", t->sizes());
+}
+
 }  // namespace
 
 // q, ks, kb, vs, vb: (N, b, D) contiguous, N = batch * heads * blocks; ks already carries the score scale, the own
@@ -166,6 +172,7 @@ std::vector<torch::Tensor> forward(torch::Tensor q, torch::Tensor ks, torch::Ten
                                    torch::Tensor vb, double scale, c10::optional<torch::Tensor> sorted_ok,
                                    c10::optional<torch::Tensor> local_ok, bool causal_own) {
   const int64_t N = q.size(0), b = q.size(1), D = q.size(2);
+  check({&q, &ks, &kb, &vs, &vb}, N, b, D);
   const Shape lower_c = causal_own ? kLowerC : kFull, lower_a = causal_own ? kLowerA : kFull;
   auto out = torch::empty_like(q);
   auto p = torch::empty({N, b, 2 * b}, q.options());
@@ -201,6 +208,8 @@ std::vector<torch::Tensor> backward(torch::Tensor d_out, torch::Tensor q, torch:
   const int64_t N = q.size(0), b = q.size(1), D = q.size(2);
   const Shape lower_c = causal_own ? kLowerC : kFull, lower_a = causal_own ? kLowerA : kFull;
   const Shape upper_a = causal_own ? kUpperA : kFull;
+  check({&d_out, &q, &ks, &kb, &vs, &vb, &out}, N, b, D);
+  check({&p}, N, b, 2 * b);
   auto d_q = torch::empty_like(q), d_ks = torch::empty_like(q), d_vs = torch::empty_like(q);
   auto d_kb = torch::empty_like(q), d_vb = torch::empty_like(q);
   const Mask m1(sorted_ok, b), m2(local_ok, b);
