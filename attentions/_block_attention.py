@@ -13,6 +13,8 @@ from __future__ import annotations
 import torch
 from torch.autograd.function import once_differentiable
 
+from attentions import _fused_cpu
+
 
 def reference(q, kb, vb, sort, sorted_ok=None, local_ok=None) -> torch.Tensor:
     """q, kb, vb: (B, H, n, b, D); sort: (B, H, n, n); masks broadcast to (B, H, n, b, b), True = visible."""
@@ -42,20 +44,21 @@ class _SinkhornBlockAttention(torch.autograd.Function):
         # The 1/sqrt(D) of the scores rides on the small sort matrix (sorted keys) and on the matrix product's
         # alpha (own block), so no pass over q or the scores is spent on it.
         sort = sort.to(q.dtype).reshape(batch * heads, n, n)
-        kb, vb, q = kb.reshape(rows), vb.reshape(rows), q.reshape(flat)
+        kb, vb, q = kb.reshape(rows).contiguous(), vb.reshape(rows).contiguous(), q.reshape(flat).contiguous()
         ks = torch.bmm(sort * scale, kb)  # scaled sorted keys
         vs = torch.bmm(sort, vb)
-        s1 = torch.bmm(q, ks.view(flat).transpose(1, 2))  # (N, b, b), N = B * H * n
-        s2 = torch.empty_like(s1)  # (matrix products into a strided half of one buffer fall back to a slow loop)
-        torch.baddbmm(s2, q, kb.view(flat).transpose(1, 2), beta=0, alpha=scale, out=s2)
-        floor = torch.finfo(q.dtype).min  # finite: a row with nothing visible comes out uniform, not NaN
-        for scores, mask in ((s1, sorted_ok), (s2, local_ok)):
-            if mask is not None:
-                scores.view(*shape[:-1], block).masked_fill_(~mask, floor)
-        p = torch.softmax(torch.cat([s1, s2], dim=-1), dim=-1)  # (N, b, 2b)
-        out = torch.bmm(p[..., :block], vs.view(flat)).baddbmm_(p[..., block:], vb.view(flat))  # strided halves
+        fused = _fused_cpu.usable(q)
+        if fused is not None:  # one query block at a time, its tiles in cache (csrc/sinkhorn_block.cpp)
+            masks = (_per_block(sorted_ok, shape), _per_block(local_ok, shape), _is_causal_triangle(local_ok, block))
+            out, p = fused.forward(q, ks.view(flat), kb.view(flat), vs.view(flat), vb.view(flat), scale, *masks)
+            ctx.fused, ctx.dead = masks, None
+        else:
+            out, p = _attend_batched(
+                q, ks.view(flat), kb.view(flat), vs.view(flat), vb.view(flat), shape, sorted_ok, local_ok
+            )
+            ctx.fused, ctx.dead = None, _dead_rows(sorted_ok, local_ok)
         ctx.save_for_backward(q, kb, vb, sort, ks, vs, p, out)
-        ctx.masks, ctx.shape = (sorted_ok, local_ok), shape
+        ctx.shape = shape
         return out.view(shape)
 
     @staticmethod
@@ -66,23 +69,116 @@ class _SinkhornBlockAttention(torch.autograd.Function):
         block, dim = shape[-2], shape[-1]
         scale = dim**-0.5
         flat = (-1, block, dim)
-        d_out = d_out.reshape(out.shape)
-        p1, p2 = p[..., :block], p[..., block:]
-        delta = (d_out * out).sum(dim=-1, keepdim=True)  # rowsum(P * dP) from D columns, not 2b
-        ds1 = torch.bmm(d_out, vs.view(flat).transpose(1, 2)).sub_(delta).mul_(p1)  # (N, b, b) score gradients
-        ds2 = torch.bmm(d_out, vb.view(flat).transpose(1, 2)).sub_(delta).mul_(p2)
-        # Masked scores were constants; zero them so a fully masked row (uniform weights) sends no gradient.
-        for ds, mask in zip((ds1, ds2), ctx.masks, strict=True):
-            if mask is not None:
-                ds.view(*shape[:-1], block).masked_fill_(~mask, 0)
-        d_q = torch.bmm(ds1, ks.view(flat)).baddbmm_(ds2, kb.view(flat), alpha=scale)  # ks already carries scale
-        d_ks = torch.bmm(ds1.transpose(1, 2), q).view(ks.shape)  # w.r.t. the scaled sorted keys, (B*H, n, b*D)
-        d_vs = torch.bmm(p1.transpose(1, 2), d_out).view(vs.shape)
+        d_out = d_out.reshape(out.shape).contiguous()
+        if ctx.fused is not None:
+            d_q, d_ks, d_vs, d_kb, d_vb = _fused_cpu.kernel().backward(
+                d_out, q, ks.view(flat), kb.view(flat), vs.view(flat), vb.view(flat), p, out, scale, *ctx.fused
+            )
+            own = 1.0  # the kernel's own-block key gradient already carries the scale
+        else:
+            d_q, d_ks, d_vs, d_kb, d_vb = _attend_batched_backward(
+                d_out, q, ks.view(flat), kb.view(flat), vs.view(flat), vb.view(flat), p, out, shape, ctx.dead
+            )
+            own = scale
+        d_ks, d_vs = d_ks.view(ks.shape), d_vs.view(vs.shape)  # w.r.t. the scaled sorted keys, (B*H, n, b*D)
         d_sort = torch.bmm(d_vs, vb.transpose(1, 2)).baddbmm_(d_ks, kb.transpose(1, 2), alpha=scale)  # (B*H, n, n)
         sort_t = sort.transpose(1, 2)
-        d_kb = torch.bmm(ds2.transpose(1, 2), q).view(kb.shape).baddbmm_(sort_t, d_ks, beta=scale, alpha=scale)
-        d_vb = torch.bmm(p2.transpose(1, 2), d_out).view(vb.shape).baddbmm_(sort_t, d_vs)
+        d_kb = d_kb.view(kb.shape).baddbmm_(sort_t, d_ks, beta=own, alpha=scale)
+        d_vb = d_vb.view(vb.shape).baddbmm_(sort_t, d_vs)
         return d_q.view(shape), d_kb.view(shape), d_vb.view(shape), d_sort.view(*shape[:3], -1), None, None
+
+
+def _attend_batched(q, ks, kb, vs, vb, shape, sorted_ok, local_ok):
+    """Scores, one softmax over [sorted; own] and the output as batched products over all N = B*H*n query blocks:
+    the path off the fused kernel (GPU, bfloat16, or where it cannot be built). Returns out and the weights p."""
+    block, scale = shape[-2], shape[-1] ** -0.5
+    floor = torch.finfo(q.dtype).min  # finite: a row with nothing visible comes out uniform, not NaN
+    s1 = torch.bmm(q, ks.transpose(1, 2))  # (N, b, b), N = B * H * n
+    _mask_scores_(s1.view(*shape[:-1], block), sorted_ok, floor)
+    # A mask the same for every block (causal, no padding) rides on the product as an additive bias: floor + a
+    # score rounds to floor, so this is the masked_fill's result for the cost of the product alone.
+    bias = _block_bias(local_ok, q.dtype)
+    s2 = torch.empty_like(s1)  # (matrix products into a strided half of one buffer fall back to a slow loop)
+    if bias is None:
+        torch.baddbmm(s2, q, kb.transpose(1, 2), beta=0, alpha=scale, out=s2)
+        _mask_scores_(s2.view(*shape[:-1], block), local_ok, floor)
+    else:
+        torch.baddbmm(bias, q, kb.transpose(1, 2), alpha=scale, out=s2)
+    p = torch.softmax(torch.cat([s1, s2], dim=-1), dim=-1)  # (N, b, 2b)
+    out = torch.bmm(p[..., :block], vs).baddbmm_(p[..., block:], vb)  # strided halves
+    return out, p
+
+
+def _attend_batched_backward(d_out, q, ks, kb, vs, vb, p, out, shape, dead):
+    """d_q, d_ks, d_vs and the own block's d_kb (unscaled) and d_vb, as batched products."""
+    block, scale = shape[-2], shape[-1] ** -0.5
+    p1, p2 = p[..., :block], p[..., block:]
+    delta = (d_out * out).sum(dim=-1, keepdim=True)  # rowsum(P * dP) from D columns, not 2b
+    ds1 = torch.bmm(d_out, vs.transpose(1, 2)).sub_(delta).mul_(p1)  # (N, b, b) score gradients
+    ds2 = torch.bmm(d_out, vb.transpose(1, 2)).sub_(delta).mul_(p2)
+    # Masked scores are constants. Where a row sees something, their weights are exactly 0 and so is their
+    # gradient; a row that sees nothing has uniform weights, and its whole gradient is zeroed here.
+    if dead is not None:
+        for ds in (ds1, ds2):
+            ds.view(*shape[:-1], block).masked_fill_(dead, 0)
+    d_q = torch.bmm(ds1, ks).baddbmm_(ds2, kb, alpha=scale)  # ks already carries scale
+    d_ks = torch.bmm(ds1.transpose(1, 2), q)
+    d_vs = torch.bmm(p1.transpose(1, 2), d_out)
+    d_kb = torch.bmm(ds2.transpose(1, 2), q)
+    d_vb = torch.bmm(p2.transpose(1, 2), d_out)
+    return d_q, d_ks, d_vs, d_kb, d_vb
+
+
+def _is_causal_triangle(mask: torch.Tensor | None, block: int) -> bool:
+    """Whether ``mask`` is the causal triangle of every block (the fused kernel then skips its structural zeros)."""
+    if mask is None or mask.dim() < 2 or any(size != 1 for size in mask.shape[:-2]) or mask.shape[-2] != block:
+        return False
+    return bool(torch.equal(mask.reshape(block, -1), torch.ones(block, block, dtype=torch.bool).tril()))
+
+
+def _per_block(mask: torch.Tensor | None, shape: torch.Size) -> torch.Tensor | None:
+    """A mask that broadcasts to (B, H, n, b, b) as the fused kernel reads it: contiguous bool (B*H*n or 1, b or 1,
+    b), expanded over blocks only where it differs between them."""
+    if mask is None:
+        return None
+    batch, heads, n, block, _ = shape
+    mask = mask.reshape((1,) * (5 - mask.dim()) + mask.shape)
+    rows = mask.shape[3]
+    if mask.shape[:3] == (1, 1, 1):
+        return mask.expand(1, 1, 1, rows, block).reshape(1, rows, block).contiguous()
+    return mask.expand(batch, heads, n, rows, block).reshape(batch * heads * n, rows, block).contiguous()
+
+
+def _mask_scores_(scores: torch.Tensor, mask: torch.Tensor | None, floor: float) -> None:
+    """Fill ``scores`` (B, H, n, b, b) with ``floor`` where ``mask`` is False, touching only the blocks that hide
+    something (a causal sorted half hides only block 0's: there is no earlier block to read)."""
+    if mask is None:
+        return
+    mask = mask.reshape((1,) * (5 - mask.dim()) + mask.shape)
+    hiding = ~mask.all(dim=-1).all(dim=-1)  # (B', H', n'): blocks with some masked entry
+    if bool(hiding.all()):
+        scores.masked_fill_(~mask, floor)
+        return
+    index = hiding.expand(scores.shape[:3]).nonzero(as_tuple=True)
+    if index[0].numel():
+        scores[index] = scores[index].masked_fill(~mask.expand(*scores.shape[:3], *mask.shape[3:])[index], floor)
+
+
+def _block_bias(mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
+    """A (b', b) additive bias (0 visible, floor hidden) when ``mask`` is the same for every block, else None."""
+    if mask is None or mask.dim() < 2 or any(size != 1 for size in mask.shape[:-2]):
+        return None
+    mask = mask.reshape(mask.shape[-2:])
+    return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(~mask, torch.finfo(dtype).min)
+
+
+def _dead_rows(sorted_ok: torch.Tensor | None, local_ok: torch.Tensor | None) -> torch.Tensor | None:
+    """(B', H', n', b', 1) True for query rows with nothing visible in either half, or None when there are none
+    (a half without a mask sees everything)."""
+    if sorted_ok is None or local_ok is None:
+        return None
+    dead = ~(sorted_ok.any(dim=-1, keepdim=True) | local_ok.any(dim=-1, keepdim=True))
+    return dead if bool(dead.any()) else None
 
 
 def sinkhorn_block_attention(q, kb, vb, sort, sorted_ok=None, local_ok=None) -> torch.Tensor:

@@ -168,9 +168,10 @@ class SinkhornAttention(Attention):
         sorted_ok = local_ok = None
         if padded or self.causal:
             sorted_ok = sorted_slot_valid(sort, valid)[:, :, :, None, :]  # (B, H, n, 1, b)
-            local_ok = valid[:, None, :, None, :]  # (B, 1, n, 1, b)
-            if self.causal:
-                local_ok = local_ok & causal_block_mask(block, q.device)
+            local_ok = valid[:, None, :, None, :] if padded else None  # (B, 1, n, 1, b)
+            if self.causal:  # without padding, one (b, b) mask for every block (it becomes an additive bias)
+                triangle = causal_block_mask(block, q.device)
+                local_ok = triangle if local_ok is None else local_ok & triangle
         # Sorted block i = sum_j sort[i, j] * block j for K and V alike, then one softmax over it and block i.
         out = sinkhorn_block_attention(qb, kb, vb, sort, sorted_ok, local_ok)  # (B, H, n, b, D)
         return out.reshape(batch, heads, n * block, dim)[:, :, :length]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import shutil
 
 import pytest
 import torch
@@ -12,6 +13,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
 import attentions
+from attentions import _fused_cpu
 from attentions._block_attention import reference, sinkhorn_block_attention
 from attentions._sinkhorn_ops import log_sinkhorn
 from attentions._sortnet import SortNet
@@ -197,18 +199,37 @@ def test_sortnet_is_per_head():
     assert not torch.allclose(s[:, 0], s[:, 1])
 
 
-@pytest.mark.parametrize("masked", [False, True])
-def test_fused_block_attention_matches_autograd_reference(masked):
+@pytest.fixture(params=["batched", "fused"])
+def block_path(request, monkeypatch):
+    """Both CPU paths of ``sinkhorn_block_attention``: batched products, and the fused per-block kernel
+    (``attentions/csrc``), which is skipped only where it cannot be built."""
+    monkeypatch.setenv("ATTNBENCH_FUSED_CPU", "1" if request.param == "fused" else "0")
+    if request.param == "fused" and _fused_cpu.kernel() is None:
+        pytest.skip("the fused CPU kernel cannot be built here")
+    return request.param
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 4, 5, 6), (1, 2, 3, 20, 40), (1, 1, 2, 32, 16)])
+@pytest.mark.parametrize("masks", ["none", "random", "causal"])
+def test_fused_block_attention_matches_autograd_reference(masks, shape, block_path):
     """The hand-written backward gives the reference's outputs and gradients (q, k, v and the sort matrix), including
-    rows with nothing visible; gradcheck in float64 checks it against finite differences."""
+    rows with nothing visible (random masks), a sorted half that hides one block only and a causal mask shared by
+    every block, which rides on the product as a bias (causal); gradcheck in float64 checks it against finite
+    differences. Both CPU paths; the shapes take the fused kernel's register tiles and its leftover rows and columns."""
     g = torch.Generator().manual_seed(0)
-    q, kb, vb = (torch.randn(2, 3, 4, 5, 6, generator=g, dtype=torch.float64, requires_grad=True) for _ in range(3))
-    sort = torch.softmax(torch.randn(2, 3, 4, 4, generator=g, dtype=torch.float64), -1).requires_grad_()
+    batch, heads, n, block, dim = shape
+    q, kb, vb = (torch.randn(*shape, generator=g, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    sort = torch.softmax(torch.randn(batch, heads, n, n, generator=g, dtype=torch.float64), -1).requires_grad_()
     sorted_ok = local_ok = None
-    if masked:
-        sorted_ok = torch.rand(2, 3, 4, 1, 5, generator=g) > 0.3
-        local_ok = (torch.rand(2, 1, 4, 1, 5, generator=g) > 0.3) & torch.ones(5, 5, dtype=torch.bool).tril()
+    if masks == "random":
+        sorted_ok = torch.rand(batch, heads, n, 1, block, generator=g) > 0.3
+        triangle = torch.ones(block, block, dtype=torch.bool).tril()
+        local_ok = (torch.rand(batch, 1, n, 1, block, generator=g) > 0.3) & triangle
         sorted_ok[0, 0, 0], local_ok[0, 0, 0] = False, False  # block 0 of batch 0: every row sees nothing
+    elif masks == "causal":
+        sorted_ok = torch.ones(batch, heads, n, 1, block, dtype=torch.bool)
+        sorted_ok[:, :, 0] = False  # causal block 0 has no earlier block to read
+        local_ok = torch.ones(block, block, dtype=torch.bool).tril()
     inputs = (q, kb, vb, sort)
     expected, got = reference(*inputs, sorted_ok, local_ok), sinkhorn_block_attention(*inputs, sorted_ok, local_ok)
     torch.testing.assert_close(got, expected)
@@ -216,7 +237,36 @@ def test_fused_block_attention_matches_autograd_reference(masked):
     ours, theirs = torch.autograd.grad(got, inputs, upstream), torch.autograd.grad(expected, inputs, upstream)
     for a, b in zip(ours, theirs, strict=True):
         torch.testing.assert_close(a, b)
-    assert torch.autograd.gradcheck(lambda *x: sinkhorn_block_attention(*x, sorted_ok, local_ok), inputs)
+    if block <= 5:  # finite differences of the small shape; the larger ones check values and gradients only
+        assert torch.autograd.gradcheck(lambda *x: sinkhorn_block_attention(*x, sorted_ok, local_ok), inputs)
+
+
+def test_fused_kernel_builds_where_there_is_a_compiler():
+    """A broken C++ source would silently fall back to the slow path; where a compiler exists it must build."""
+    if shutil.which("c++") is None or not _fused_cpu.enabled():
+        pytest.skip("no C++ compiler, or the kernel is switched off")
+    assert _fused_cpu.kernel() is not None
+
+
+def test_fused_and_batched_paths_agree_in_float32(monkeypatch):
+    """The two CPU paths at a training shape (block 64, causal masks), forward and backward, to float32 rounding."""
+    if _fused_cpu.kernel() is None:
+        pytest.skip("the fused CPU kernel cannot be built here")
+    g = torch.Generator().manual_seed(3)
+    q, kb, vb = (torch.randn(2, 2, 6, 64, 64, generator=g) for _ in range(3))
+    sort = torch.softmax(torch.randn(2, 2, 6, 6, generator=g), -1).tril(-1)
+    sorted_ok = torch.ones(2, 2, 6, 1, 64, dtype=torch.bool)
+    sorted_ok[:, :, 0] = False
+    local_ok = torch.ones(64, 64, dtype=torch.bool).tril()
+    upstream = torch.randn(q.shape, generator=g)
+    results = []
+    for flag in ("0", "1"):
+        monkeypatch.setenv("ATTNBENCH_FUSED_CPU", flag)
+        inputs = [t.clone().requires_grad_() for t in (q, kb, vb, sort)]
+        out = sinkhorn_block_attention(*inputs, sorted_ok, local_ok)
+        results.append((out, *torch.autograd.grad(out, inputs, upstream)))
+    for batched, fused in zip(*results, strict=True):
+        torch.testing.assert_close(fused, batched, atol=2e-5, rtol=1e-4)
 
 
 class _OpCounter(TorchDispatchMode):
@@ -234,11 +284,13 @@ class _OpCounter(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def test_backward_stays_fused_and_at_twice_the_forward_work():
+def test_backward_stays_fused_and_at_twice_the_forward_work(monkeypatch):
     """The regression gate of the hand-written backward's speed, without timing anything: its matrix-product FLOPs
     are at most twice the forward's (each product gets its two input gradients, nothing is recomputed) and it
     dispatches a small fixed number of operators. A per-matrix fallback of a batched product (the slow path of
-    products on strided halves) or a rewrite in autograd operators multiplies the count."""
+    products on strided halves) or a rewrite in autograd operators multiplies the count. (The batched path; the
+    fused kernel's products are not visible to torch's counters.)"""
+    monkeypatch.setenv("ATTNBENCH_FUSED_CPU", "0")
     g = torch.Generator().manual_seed(0)
     q, kb, vb = (torch.randn(1, 2, 16, 8, 8, generator=g, requires_grad=True) for _ in range(3))
     sort = torch.softmax(torch.randn(1, 2, 16, 16, generator=g), -1).requires_grad_()
@@ -249,6 +301,32 @@ def test_backward_stays_fused_and_at_twice_the_forward_work():
     assert backward_flops.get_total_flops() <= 2 * forward_flops.get_total_flops()
     assert len(counter.ops) <= 20, counter.ops  # 18 today: 11 products, 7 elementwise passes
     assert not any(op.split(".")[1] in ("select", "clone", "copy_", "cat") for op in counter.ops), counter.ops
+
+
+def test_causal_masks_cost_no_pass_over_the_scores(monkeypatch):
+    """Causal without padding: the own-block triangle rides on the score product as a bias, the sorted half is masked
+    in block 0 only, and the backward has no rows to zero, so no masking pass over the (B*H*n, b, b) scores is left
+    in forward or backward (each cost about as much as the score product itself at 4K on CPU). The batched path."""
+    monkeypatch.setenv("ATTNBENCH_FUSED_CPU", "0")
+    g = torch.Generator().manual_seed(0)
+    q, kb, vb = (torch.randn(1, 2, 16, 8, 8, generator=g, requires_grad=True) for _ in range(3))
+    sort = torch.softmax(torch.randn(1, 2, 16, 16, generator=g), -1).requires_grad_()
+    sorted_ok = torch.ones(1, 2, 16, 1, 8, dtype=torch.bool)
+    sorted_ok[:, :, 0] = False
+    local_ok = torch.ones(8, 8, dtype=torch.bool).tril()
+    fills = []
+
+    class FillSizes(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if "masked_fill" in str(func):
+                fills.append(args[0].numel())
+            return func(*args, **(kwargs or {}))
+
+    with FillSizes():
+        out = sinkhorn_block_attention(q, kb, vb, sort, sorted_ok, local_ok)
+        out.backward(torch.ones_like(out))
+    scores = 2 * 16 * 8 * 8  # B * H * n * b * b
+    assert fills and max(fills) <= scores // 16, fills  # block 0's sorted half and the (b, b) bias, nothing more
 
 
 # --- Gumbel noise and temperature (section 3.2.1) ---------------------------------------------------------------

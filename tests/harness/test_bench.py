@@ -59,3 +59,25 @@ def test_model_sweep_rows_store_and_report_table(tmp_path):
     ]
     assert {t["length"] for t in table} == {64} and len(table) == 2
     assert "sortcut" not in model_bench.causal_plugins()  # the LM is causal; SortCut is encoder only
+
+
+def test_sinkhorn_flops_counts_the_products_of_the_method():
+    """At 4K (64 blocks of 64, 4 heads, D=64): sorting K and V is 2 x (64 x 64) @ (64 x 4096) per head, attending is
+    four (64 x 64 x 64) products per block, and the backward doubles both (2.4 GFLOP in all, as issue 14 states)."""
+    sort = 2 * 2 * 64 * 64 * 4096
+    attend = 4 * 2 * 64 * 64**3
+    assert bench.sinkhorn_flops(4096) == 3 * 4 * (sort + attend)
+    assert round(bench.sinkhorn_flops(4096) / 1e9, 1) == 2.4
+
+
+def test_tile_bmm_flops_in_cache_and_from_memory(monkeypatch):
+    """Both rooflines time the same products: with one operand set every call reuses it, with several each call
+    takes the next set in turn."""
+    seen = []
+    real_bmm = torch.bmm
+    monkeypatch.setattr(torch, "bmm", lambda a, b: (seen.append(a.data_ptr()), real_bmm(a, b))[1])
+    assert bench.tile_bmm_flops(tile=8, count=4) > 0
+    assert len(set(seen)) == 1
+    seen.clear()
+    assert bench.tile_bmm_flops(tile=8, count=4, operand_sets=3) > 0
+    assert len(set(seen)) == 3 and len(seen) == 50

@@ -1,0 +1,58 @@
+"""The fused CPU kernel of Sinkhorn block attention (``csrc/sinkhorn_block.cpp``), compiled on first use.
+
+``torch.utils.cpp_extension.load`` builds it once per machine and torch version (about 30 s on 2 cores, cached under
+``~/.cache/torch_extensions``). Where it cannot be built or loaded (no compiler, a torch without the BLAS symbols it
+calls) ``kernel()`` returns None after one warning, and ``_block_attention`` keeps its batched-product path, which
+gives the same results. ``ATTNBENCH_FUSED_CPU=0`` switches the kernel off.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import warnings
+from pathlib import Path
+from types import ModuleType
+
+import torch
+
+SOURCE = Path(__file__).parent / "csrc" / "sinkhorn_block.cpp"
+
+
+def enabled() -> bool:
+    return os.environ.get("ATTNBENCH_FUSED_CPU", "1") != "0"
+
+
+@functools.cache
+def kernel() -> ModuleType | None:
+    """The compiled module (``forward``, ``backward``), or None where it cannot be built here."""
+    from torch.utils import cpp_extension
+
+    flags = ["-O3", "-fopenmp"]
+    avx2 = torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")
+    if avx2:  # 256-bit vectors for the tile products and ATen's vectorized exp (AVX-512 code measured slower here)
+        flags += ["-mavx2", "-mfma", "-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2"]
+    try:
+        return cpp_extension.load(
+            name="attnbench_sinkhorn_block" + ("_avx2" if avx2 else ""),  # a shared cache never mixes the two
+            sources=[str(SOURCE)],
+            extra_cflags=flags,
+            extra_ldflags=["-fopenmp"],
+            verbose=False,
+        )
+    except Exception as exc:  # noqa: BLE001 - any build or load failure means the batched path
+        warnings.warn(
+            f"attnbench: the fused CPU kernel of sinkhorn block attention could not be built ({exc}); "
+            "using the batched-product path, which is slower but gives the same results",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        return None
+
+
+def usable(*tensors: torch.Tensor) -> ModuleType | None:
+    """The kernel when it applies to these tensors (CPU, float32 or float64, switched on), else None."""
+    first = tensors[0]
+    if first.device.type != "cpu" or first.dtype not in (torch.float32, torch.float64) or not enabled():
+        return None
+    return kernel()
