@@ -14,6 +14,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from attentions import _fused_cpu
+from attentions._blocks import causal_block_mask
 
 
 def reference(q, kb, vb, sort, sorted_ok=None, local_ok=None) -> torch.Tensor:
@@ -129,11 +130,16 @@ def _attend_batched_backward(d_out, q, ks, kb, vs, vb, p, out, shape, dead):
     return d_q, d_ks, d_vs, d_kb, d_vb
 
 
+def _same_for_every_block(mask: torch.Tensor | None) -> bool:
+    """Whether ``mask`` (broadcasting to (B, H, n, b, b)) is one (b', b) pattern shared by every block."""
+    return mask is not None and mask.dim() >= 2 and all(size == 1 for size in mask.shape[:-2])
+
+
 def _is_causal_triangle(mask: torch.Tensor | None, block: int) -> bool:
     """Whether ``mask`` is the causal triangle of every block (the fused kernel then skips its structural zeros)."""
-    if mask is None or mask.dim() < 2 or any(size != 1 for size in mask.shape[:-2]) or mask.shape[-2] != block:
+    if not _same_for_every_block(mask) or mask.shape[-2:] != (block, block):
         return False
-    return bool(torch.equal(mask.reshape(block, -1), torch.ones(block, block, dtype=torch.bool).tril()))
+    return bool(torch.equal(mask.reshape(block, block), causal_block_mask(block, mask.device)))
 
 
 def _per_block(mask: torch.Tensor | None, shape: torch.Size) -> torch.Tensor | None:
@@ -144,7 +150,7 @@ def _per_block(mask: torch.Tensor | None, shape: torch.Size) -> torch.Tensor | N
     batch, heads, n, block, _ = shape
     mask = mask.reshape((1,) * (5 - mask.dim()) + mask.shape)
     rows = mask.shape[3]
-    if mask.shape[:3] == (1, 1, 1):
+    if _same_for_every_block(mask):
         return mask.expand(1, 1, 1, rows, block).reshape(1, rows, block).contiguous()
     return mask.expand(batch, heads, n, rows, block).reshape(batch * heads * n, rows, block).contiguous()
 
@@ -166,7 +172,7 @@ def _mask_scores_(scores: torch.Tensor, mask: torch.Tensor | None, floor: float)
 
 def _block_bias(mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
     """A (b', b) additive bias (0 visible, floor hidden) when ``mask`` is the same for every block, else None."""
-    if mask is None or mask.dim() < 2 or any(size != 1 for size in mask.shape[:-2]):
+    if not _same_for_every_block(mask):
         return None
     mask = mask.reshape(mask.shape[-2:])
     return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(~mask, torch.finfo(dtype).min)

@@ -50,9 +50,8 @@ def kernel() -> ModuleType | None:
         return None
 
 
-def usable(*tensors: torch.Tensor) -> ModuleType | None:
-    """The kernel when it applies to these tensors (CPU, float32 or float64, switched on), else None."""
-    first = tensors[0]
-    if first.device.type != "cpu" or first.dtype not in (torch.float32, torch.float64) or not enabled():
+def usable(x: torch.Tensor) -> ModuleType | None:
+    """The kernel when it applies to tensors like ``x`` (CPU, float32 or float64, switched on), else None."""
+    if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64) or not enabled():
         return None
     return kernel()
