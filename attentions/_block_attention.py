@@ -71,22 +71,23 @@ class _SinkhornBlockAttention(torch.autograd.Function):
         scale = dim**-0.5
         flat = (-1, block, dim)
         d_out = d_out.reshape(out.shape).contiguous()
-        if ctx.fused is not None:
+        if ctx.fused is not None:  # d_q, d_kb, d_vb come in the inputs' shape (not views: see the kernel)
             d_q, d_ks, d_vs, d_kb, d_vb = _fused_cpu.kernel().backward(
-                d_out, q, ks.view(flat), kb.view(flat), vs.view(flat), vb.view(flat), p, out, scale, *ctx.fused
+                d_out, q, ks.view(flat), kb.view(flat), vs.view(flat), vb.view(flat), p, out, scale, *ctx.fused, shape
             )
             own = 1.0  # the kernel's own-block key gradient already carries the scale
         else:
             d_q, d_ks, d_vs, d_kb, d_vb = _attend_batched_backward(
                 d_out, q, ks.view(flat), kb.view(flat), vs.view(flat), vb.view(flat), p, out, shape, ctx.dead
             )
+            d_q, d_kb, d_vb = (t.view(shape) for t in (d_q, d_kb, d_vb))
             own = scale
         d_ks, d_vs = d_ks.view(ks.shape), d_vs.view(vs.shape)  # w.r.t. the scaled sorted keys, (B*H, n, b*D)
         d_sort = torch.bmm(d_vs, vb.transpose(1, 2)).baddbmm_(d_ks, kb.transpose(1, 2), alpha=scale)  # (B*H, n, n)
         sort_t = sort.transpose(1, 2)
-        d_kb = d_kb.view(kb.shape).baddbmm_(sort_t, d_ks, beta=own, alpha=scale)
-        d_vb = d_vb.view(vb.shape).baddbmm_(sort_t, d_vs)
-        return d_q.view(shape), d_kb.view(shape), d_vb.view(shape), d_sort.view(*shape[:3], -1), None, None
+        d_kb.view(kb.shape).baddbmm_(sort_t, d_ks, beta=own, alpha=scale)  # in place, through a passing view
+        d_vb.view(vb.shape).baddbmm_(sort_t, d_vs)
+        return d_q, d_kb, d_vb, d_sort.view(*shape[:3], -1), None, None
 
 
 def _attend_batched(q, ks, kb, vs, vb, shape, sorted_ok, local_ok):

@@ -1,9 +1,11 @@
-"""The fused CPU kernel of Sinkhorn block attention (``csrc/sinkhorn_block.cpp``), compiled on first use.
+"""The CPU kernels of the sinkhorn family (``csrc/``), compiled on first use into one extension: the fused Sinkhorn
+block attention (``sinkhorn_block.cpp``) and log-domain Sinkhorn balancing (``log_sinkhorn.cpp``).
 
 ``torch.utils.cpp_extension.load`` builds it once per machine and torch version (about 30 s on 2 cores, cached under
 ``~/.cache/torch_extensions``). Where it cannot be built or loaded (no compiler, a torch without the BLAS symbols it
-calls) ``kernel()`` returns None after one warning, and ``_block_attention`` keeps its batched-product path, which
-gives the same results. ``ATTNBENCH_FUSED_CPU=0`` switches the kernel off.
+calls) ``kernel()`` returns None after one warning; ``_block_attention`` then keeps its batched-product path and
+``_sinkhorn_ops`` its autograd operators, which give the same results. ``ATTNBENCH_FUSED_CPU=0`` switches the kernels
+off.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from types import ModuleType
 
 import torch
 
-SOURCE = Path(__file__).parent / "csrc" / "sinkhorn_block.cpp"
+SOURCES = [Path(__file__).parent / "csrc" / name for name in ("bindings.cpp", "sinkhorn_block.cpp", "log_sinkhorn.cpp")]
 
 
 def enabled() -> bool:
@@ -25,7 +27,8 @@ def enabled() -> bool:
 
 @functools.cache
 def kernel() -> ModuleType | None:
-    """The compiled module (``forward``, ``backward``), or None where it cannot be built here."""
+    """The compiled module (``forward``, ``backward``, ``log_sinkhorn_forward``, ``log_sinkhorn_backward``), or None
+    where it cannot be built here."""
     from torch.utils import cpp_extension
 
     flags = ["-O3", "-fopenmp"]
@@ -34,16 +37,16 @@ def kernel() -> ModuleType | None:
         flags += ["-mavx2", "-mfma", "-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2"]
     try:
         return cpp_extension.load(
-            name="attnbench_sinkhorn_block" + ("_avx2" if avx2 else ""),  # a shared cache never mixes the two
-            sources=[str(SOURCE)],
+            name="attnbench_sinkhorn_cpu" + ("_avx2" if avx2 else ""),  # a shared cache never mixes the two
+            sources=[str(path) for path in SOURCES],
             extra_cflags=flags,
             extra_ldflags=["-fopenmp"],
             verbose=False,
         )
     except Exception as exc:  # noqa: BLE001 - any build or load failure means the batched path
         warnings.warn(
-            f"attnbench: the fused CPU kernel of sinkhorn block attention could not be built ({exc}); "
-            "using the batched-product path, which is slower but gives the same results",
+            f"attnbench: the CPU kernels of the sinkhorn family could not be built ({exc}); "
+            "using torch operators, which are slower but give the same results",
             RuntimeWarning,
             stacklevel=2,
         )

@@ -17,27 +17,30 @@ from __future__ import annotations
 import torch
 from torch.autograd.function import once_differentiable
 
+from attentions import _fused_cpu
+
 
 def log_sinkhorn(
     log_alpha: torch.Tensor, steps: int, *, mask: torch.Tensor | None = None, causal: bool = False
 ) -> torch.Tensor:
     """Return log of the balanced matrix; masked entries come back as the dtype's most negative finite value.
 
-    On the CPU the backward is written by hand (``_LogSinkhorn``): the matrices of the sinkhorn family are small
-    (blocks x blocks), so autograd's per-operator cost, not arithmetic, was most of their time. Elsewhere it is
-    ``reference_log_sinkhorn``, whose forward is the same sequence of operators.
+    On the CPU (float32, float64) it runs the compiled kernel (``csrc/log_sinkhorn.cpp``, through ``_LogSinkhorn``):
+    the matrices of the sinkhorn family are small (blocks x blocks), so per-operator cost, not arithmetic, was most of
+    their time in torch operators. Elsewhere, or where the kernel cannot be built, it is ``reference_log_sinkhorn``.
     """
     if steps < 0:
         raise ValueError(f"log_sinkhorn: steps must be >= 0, got {steps}")
-    if log_alpha.device.type != "cpu" or not torch.is_grad_enabled() or not log_alpha.requires_grad:
+    if log_alpha.dim() < 2 or log_alpha.shape[-1] != log_alpha.shape[-2] or _fused_cpu.usable(log_alpha) is None:
         return reference_log_sinkhorn(log_alpha, steps, mask=mask, causal=causal)
-    return _LogSinkhorn.apply(log_alpha, steps, mask, causal)
+    record = torch.is_grad_enabled() and log_alpha.requires_grad  # (the forward below runs without grad mode)
+    return _LogSinkhorn.apply(log_alpha, steps, mask, causal, record)
 
 
 def reference_log_sinkhorn(
     log_alpha: torch.Tensor, steps: int, *, mask: torch.Tensor | None = None, causal: bool = False
 ) -> torch.Tensor:
-    """``log_sinkhorn`` in autograd operators (the test oracle of ``_LogSinkhorn``, and the path off the CPU)."""
+    """``log_sinkhorn`` in autograd operators (the test oracle of the kernel, and the path off it)."""
     floor = torch.finfo(log_alpha.dtype).min
     x = log_alpha if mask is None else log_alpha.masked_fill(~mask, floor)
     reachable = None if mask is None or not causal else _reachable(mask)
@@ -54,59 +57,41 @@ def reference_log_sinkhorn(
 
 
 class _LogSinkhorn(torch.autograd.Function):
-    """Forward: ``reference_log_sinkhorn``'s operators without autograd, keeping each step's output. Backward, step by
-    step in reverse, with g the gradient of a step's output y (zero on masked entries, which stay constants):
-    a row step y = x - logsumexp_row(x) gives g - exp(y) * rowsum(g), a column step the same with column sums, and a
-    prefix step y = x - log(sum_{i<=r} exp(x_i)) gives g_j - exp(x_j - m) * sum_{r>=j} g_r / S_r, where m is the
-    column's shift and S the float64 prefix sums of the forward. A prefix step that fell back to ``logcumsumexp`` is
-    differentiated by autograd again."""
+    """The CPU kernel as an autograd function: the forward keeps every step's output (and the causal prefixes) only
+    when a gradient will be asked for; the backward runs the steps in reverse in the kernel."""
 
     @staticmethod
-    def forward(ctx, log_alpha, steps, mask, causal):
-        floor = torch.finfo(log_alpha.dtype).min
-        x = log_alpha if mask is None else log_alpha.masked_fill(~mask, floor)
-        reachable = None if mask is None or not causal else _reachable(mask)
-        saved = []
-        for step in range(steps):
-            if step % 2 == 0 or not causal:
-                x = x - torch.logsumexp(x, dim=-1 if step % 2 == 0 else -2, keepdim=True)
-                kind = "row" if step % 2 == 0 else "column"
-            else:
-                parts = _prefix_parts(x, reachable)
-                if parts is None:  # underflow: the exact operator, differentiated by autograd in backward
-                    saved.append(("exact", x))
-                    x = x - torch.logcumsumexp(x, dim=-2)
-                else:
-                    shift, weights, sums = parts
-                    saved.append(("prefix", weights, sums))
-                    x = x - (sums.log() + shift).to(x.dtype)
-                kind = None
-            if mask is not None:
-                x = x.masked_fill(~mask, floor)
-            if kind is not None:
-                saved.append((kind, x))
-        ctx.saved, ctx.mask = saved, mask
-        return x
+    def forward(ctx, log_alpha, steps, mask, causal, record):
+        shape, n = log_alpha.shape, log_alpha.shape[-1]
+        matrices = _per_matrix(mask, shape)
+        out, trace, prefix = _fused_cpu.kernel().log_sinkhorn_forward(
+            log_alpha.reshape(-1, n, n).contiguous(), steps, matrices, causal, record
+        )
+        if record:
+            ctx.save_for_backward(trace, prefix)
+        ctx.mask, ctx.causal, ctx.shape = matrices, causal, shape
+        return out.view(shape)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad):
-        mask = ctx.mask
-        g = grad if mask is None else grad.masked_fill(~mask, 0)
-        for kind, *tensors in reversed(ctx.saved):
-            if kind == "row" or kind == "column":
-                dim = -1 if kind == "row" else -2
-                g = g - tensors[0].exp() * g.sum(dim=dim, keepdim=True)
-            elif kind == "prefix":
-                weights, sums = tensors
-                later = (g.double() / sums).flip(-2).cumsum(-2).flip(-2)  # sum over r >= j of g_r / S_r
-                g = g - (weights * later).to(g.dtype)
-            else:
-                with torch.enable_grad():
-                    x = tensors[0].detach().requires_grad_()
-                    (g,) = torch.autograd.grad(x - torch.logcumsumexp(x, dim=-2), x, g)
-            # g stays 0 on masked entries without a pass: their weights exp(y), exp(x - m) are exactly 0
-        return g, None, None, None
+        trace, prefix = ctx.saved_tensors
+        n = ctx.shape[-1]
+        grad = grad.reshape(-1, n, n).contiguous()
+        d_log_alpha = _fused_cpu.kernel().log_sinkhorn_backward(grad, trace, prefix, ctx.mask, ctx.causal)
+        return d_log_alpha.view(ctx.shape), None, None, None, None
+
+
+def _per_matrix(mask: torch.Tensor | None, shape: torch.Size) -> torch.Tensor | None:
+    """``mask`` as the kernel reads it: contiguous bool (1 or matrices, n, n), expanded over the leading dimensions
+    only where it differs between matrices."""
+    if mask is None:
+        return None
+    n = shape[-1]
+    mask = mask.reshape((1,) * (len(shape) - mask.dim()) + mask.shape)
+    if all(size == 1 for size in mask.shape[:-2]):
+        return mask.expand(*mask.shape[:-2], n, n).reshape(1, n, n).contiguous()
+    return mask.expand(shape).reshape(-1, n, n).contiguous()
 
 
 def _reachable(mask: torch.Tensor) -> torch.Tensor:

@@ -6,9 +6,10 @@
 // and the six gradient products, all on 16 KiB tiles that stay in cache. The sorting products (sort matrix times
 // key and value blocks, and their gradients) are wide and stay batched in Python. The tile products are a small
 // register-tiled kernel below; the softmax uses ATen's vectorized exp.
+#include "kernels.h"
+
 #include <ATen/Parallel.h>
 #include <ATen/cpu/vec/vec.h>
-#include <torch/extension.h>
 
 #include <algorithm>
 #include <cmath>
@@ -200,18 +201,24 @@ std::vector<torch::Tensor> forward(torch::Tensor q, torch::Tensor ks, torch::Ten
 }
 
 // Gradients of forward's inputs except the sorting: d_q, d_ks (w.r.t. the scaled sorted keys), d_vs, and the own
-// blocks' parts of d_kb and d_vb. dS = P * (dP - rowsum(dO * O)); a row that saw nothing sends no gradient.
+// blocks' parts of d_kb and d_vb; d_q, d_kb and d_vb have ``input_shape``. dS = P * (dP - rowsum(dO * O)); a row
+// that saw nothing sends no gradient.
 std::vector<torch::Tensor> backward(torch::Tensor d_out, torch::Tensor q, torch::Tensor ks, torch::Tensor kb,
                                     torch::Tensor vs, torch::Tensor vb, torch::Tensor p, torch::Tensor out,
                                     double scale, c10::optional<torch::Tensor> sorted_ok,
-                                    c10::optional<torch::Tensor> local_ok, bool causal_own) {
+                                    c10::optional<torch::Tensor> local_ok, bool causal_own, at::IntArrayRef input_shape) {
   const int64_t N = q.size(0), b = q.size(1), D = q.size(2);
   const Shape lower_c = causal_own ? kLowerC : kFull, lower_a = causal_own ? kLowerA : kFull;
   const Shape upper_a = causal_own ? kUpperA : kFull;
   check({&d_out, &q, &ks, &kb, &vs, &vb, &out}, N, b, D);
   check({&p}, N, b, 2 * b);
-  auto d_q = torch::empty_like(q), d_ks = torch::empty_like(q), d_vs = torch::empty_like(q);
-  auto d_kb = torch::empty_like(q), d_vb = torch::empty_like(q);
+  TORCH_CHECK(c10::multiply_integers(input_shape) == q.numel(), "sinkhorn_block: input_shape ", input_shape,
+              " does not hold ", q.sizes());
+  // The inputs' own gradients come out in their own shape, not as views: autograd can then add another gradient
+  // of the same input (the sort net's, of the key blocks) into them in place.
+  auto d_q = torch::empty(input_shape, q.options()), d_kb = torch::empty(input_shape, q.options());
+  auto d_vb = torch::empty(input_shape, q.options());
+  auto d_ks = torch::empty_like(q), d_vs = torch::empty_like(q);
   const Mask m1(sorted_ok, b), m2(local_ok, b);
   AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "sinkhorn_block_backward", [&] {
     const scalar_t *dO = d_out.data_ptr<scalar_t>(), *Q = q.data_ptr<scalar_t>(), *KS = ks.data_ptr<scalar_t>();
@@ -257,9 +264,4 @@ std::vector<torch::Tensor> backward(torch::Tensor d_out, torch::Tensor q, torch:
     });
   });
   return {d_q, d_ks, d_vs, d_kb, d_vb};
-}
-
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("forward", &forward, "Sinkhorn block attention forward (CPU, fused per query block)");
-  m.def("backward", &backward, "Sinkhorn block attention backward (CPU, fused per query block)");
 }

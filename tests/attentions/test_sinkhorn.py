@@ -303,6 +303,22 @@ def test_backward_stays_fused_and_at_twice_the_forward_work(monkeypatch):
     assert not any(op.split(".")[1] in ("select", "clone", "copy_", "cat") for op in counter.ops), counter.ops
 
 
+def test_key_gradients_of_sort_net_and_attention_are_summed_in_place():
+    """The key blocks feed both the sort net (eq. 5's pooling, causal) and the attention, so autograd adds two
+    gradients of the size of K. The fused kernel hands its own out as a tensor of the inputs' shape, not a view, so
+    that sum is an in-place add; a view made it an out-of-place one (a fresh 4 MiB tensor per layer at 4K)."""
+    if _fused_cpu.usable(torch.zeros(1)) is None:
+        pytest.skip("the fused CPU kernel is switched off or cannot be built here")
+    attn = make(causal=True, block_size=8).train()
+    q, k, v = (t.requires_grad_() for t in qkv(64))
+    out = attn(q, k, v)
+    # The profiler, not a dispatch mode: wrapping every tensor in Python would itself keep them from being reused.
+    with torch.profiler.profile(record_shapes=True) as prof:
+        out.backward(torch.ones_like(out))
+    adds = [e.name for e in prof.events() if e.name in ("aten::add", "aten::add_") and len(e.input_shapes[0]) == 5]
+    assert adds and all(name == "aten::add_" for name in adds), adds
+
+
 def test_causal_masks_cost_no_pass_over_the_scores(monkeypatch):
     """Causal without padding: the own-block triangle rides on the score product as a bias, the sorted half is masked
     in block 0 only, and the backward has no rows to zero, so no masking pass over the (B*H*n, b, b) scores is left
