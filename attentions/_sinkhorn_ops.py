@@ -8,8 +8,10 @@ Sinkformer's ``iterations=n`` is ``steps=n`` (so one step is exactly a row softm
 Sinkhorn Balancing in a leak-free form: a column is normalized by its prefix over rows (logcumsumexp down the rows), so
 row i never depends on any later row; row normalization only involves row i itself.
 
-The prefix normalization is ``prefix_logsumexp``: torch's CPU ``logcumsumexp`` costs about 0.4 ms on a 4 x 64 x 64
-matrix (one exp and one log1p per element, unvectorized), and with its backward it was 94% of causal balancing.
+On the CPU the balancing runs in a compiled kernel (``csrc/log_sinkhorn.cpp``). The operator form,
+``reference_log_sinkhorn``, is its oracle and the path elsewhere; its prefix normalization is ``prefix_logsumexp``,
+since torch's CPU ``logcumsumexp`` costs about 0.4 ms on a 4 x 64 x 64 matrix (one exp and one log1p per element,
+unvectorized) and with its backward was 94% of causal balancing in operators.
 """
 
 from __future__ import annotations
@@ -113,26 +115,16 @@ def prefix_logsumexp(x: torch.Tensor, reachable: torch.Tensor | None = None) -> 
     mask) says which prefixes hold an allowed entry, saving the check its own pass. Off the CPU it is
     ``logcumsumexp``.
     """
-    parts = None if x.device.type != "cpu" else _prefix_parts(x, reachable)
-    if parts is None:
+    if x.device.type != "cpu":
         return torch.logcumsumexp(x, dim=-2)
-    shift, _, sums = parts
-    return (sums.log() + shift).to(x.dtype)
-
-
-def _prefix_parts(
-    x: torch.Tensor, reachable: torch.Tensor | None
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
-    """(shift, exp(x - shift), prefix sums) in float64, the sums of unreachable prefixes set to 1; None on underflow."""
     shift = x.detach().amax(dim=-2, keepdim=True).double()
-    weights = (x.double() - shift).exp()
-    sums = weights.cumsum(dim=-2)
+    sums = (x.double() - shift).exp().cumsum(dim=-2)
     fine = sums > UNDERFLOW
     if not bool(fine.all()):
         if reachable is None:
             floor = torch.finfo(x.dtype).min / 2
             reachable = torch.cummax(x.detach(), dim=-2).values > floor  # the prefix holds an entry not masked
         if bool((reachable & ~fine).any()):
-            return None
-        sums = torch.where(fine, sums, 1.0)
-    return shift, weights, sums
+            return torch.logcumsumexp(x, dim=-2)
+        sums = torch.where(fine, sums, 1.0)  # unreachable prefixes: their value is never used
+    return (sums.log() + shift).to(x.dtype)

@@ -92,6 +92,13 @@ class Block(nn.Module):
         return x + self.drop(self.mlp(self.ln_mlp(x)))
 
 
+def padding_or_none(mask: torch.Tensor | None) -> torch.Tensor | None:
+    """``mask`` where it hides something, else None. Every plugin takes None as "no padding" and skips its masking:
+    a causal block plugin keeps the one (b, b) triangle shared by every block (the fused kernel skips its structural
+    zeros), and nothing pays a pass over K, V or the scores for a mask that is all True, as LM batches are."""
+    return None if mask is None or bool(mask.all()) else mask
+
+
 def sinusoidal_positions(length: int, dim: int) -> torch.Tensor:
     """(length, dim) fixed sine/cosine position table (Vaswani et al. 2017)."""
     position = torch.arange(length, dtype=torch.float32)[:, None]
@@ -142,14 +149,14 @@ class Transformer(nn.Module):
         return self.drop(embedded + self.positions[: tokens.shape[1]].to(embedded.dtype))  # bf16 stays bf16
 
     def encode(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        x = self._embed(tokens)
+        x, mask = self._embed(tokens), padding_or_none(mask)
         for block in self.encoder:
             x = block(x, mask)
         return self.ln_enc(x)
 
     def decode(self, tokens, mask, memory=None, memory_mask=None) -> torch.Tensor:
         """Causal stack; returns logits over the vocabulary (output embedding tied to the input embedding)."""
-        x = self._embed(tokens)
+        x, mask, memory_mask = self._embed(tokens), padding_or_none(mask), padding_or_none(memory_mask)
         for block in self.decoder:
             x = block(x, mask, memory, memory_mask)
         return self.ln_dec(x) @ self.embed.weight.T
@@ -181,7 +188,10 @@ class Transformer(nn.Module):
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Mean token cross-entropy plus the plugins' auxiliary losses: what the trainer minimises."""
         logits, targets, mask = self.predictions(batch)
-        loss = F.cross_entropy(logits[mask].float(), targets[mask])
+        if padding_or_none(mask) is None:  # every target counts: no boolean gather of the logits and its backward
+            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1))
+        else:
+            loss = F.cross_entropy(logits[mask].float(), targets[mask])
         extra = self.extra_loss()
         return loss if extra is None else loss + extra
 

@@ -62,3 +62,33 @@ def test_tie_kv_shares_one_projection():
     assert layer.k is layer.v
     untied = Transformer(config("lm", "vanilla"))
     assert untied.num_parameters() - model.num_parameters() == 2 * (32 * 32 + 32)
+
+
+def test_a_mask_that_hides_nothing_reaches_no_plugin_and_changes_no_loss():
+    """LM batches are full windows: their all-True mask is passed as None (vanilla then takes SDPA's fused causal
+    kernel, block plugins skip their masking), and the loss is the same mean over every target. A mask that hides
+    something still reaches the plugin and still selects the targets."""
+    torch.manual_seed(0)
+    model = Transformer(config("lm", "local")).eval()
+    seen = []
+    attention = model.decoder[0].attn.attn
+    original = attention.forward
+    attention.forward = lambda q, k, v, padding_mask=None: seen.append(padding_mask) or original(q, k, v, padding_mask)
+    tokens = torch.randint(2, 12, (2, 21))
+    full = {"tokens": tokens, "mask": torch.ones_like(tokens, dtype=torch.bool)}
+    loss = model(full)
+    assert seen == [None]
+    logits = model.decode(tokens[:, :-1], None)
+    expected = torch.nn.functional.cross_entropy(logits.reshape(-1, 12), tokens[:, 1:].reshape(-1))
+    torch.testing.assert_close(loss, expected)
+
+    padded = dict(full, mask=full["mask"].clone())
+    padded["mask"][1, 15:] = False
+    seen.clear()
+    loss = model(padded)
+    assert seen[0] is not None and not seen[0].all()
+    targets = padded["mask"][:, 1:]
+    expected = torch.nn.functional.cross_entropy(
+        model.decode(tokens[:, :-1], padded["mask"][:, :-1])[targets], tokens[:, 1:][targets]
+    )
+    torch.testing.assert_close(loss, expected)
