@@ -75,7 +75,8 @@ clean:
 # committed store, then its report. Hours on 2 cores; stop it any time, and the next `make replicate` resumes where it
 # stopped (finished trials are skipped, a trial cut mid-way resumes from its checkpoint).
 REPLICATION := table1_sort char fig4_iterations fig3_temperature table8_sortnet table8_kv listops \
-	table4_long_seed0 table4_long_seed1 table4_long_seed2 table2_subword
+	table4_long_seed0 table4_long_seed1 table4_long_seed2 table2_subword \
+	table2_long_seed0 table2_long_seed1 table2_long_seed2
 replicate: install
 	for grid in $(REPLICATION); do \
 		$(VENV)/bin/attnbench run harness/grids/replication/$$grid.yaml --results results/replication || [ $$? -eq 1 ] || exit 2; \
