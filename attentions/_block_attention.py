@@ -14,7 +14,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from attentions import _fused_cpu
-from attentions._blocks import causal_block_mask
+from attentions._blocks import causal_block_mask, kernel_mask
 
 
 def reference(q, kb, vb, sort, sorted_ok=None, local_ok=None) -> torch.Tensor:
@@ -144,16 +144,8 @@ def _is_causal_triangle(mask: torch.Tensor | None, block: int) -> bool:
 
 
 def _per_block(mask: torch.Tensor | None, shape: torch.Size) -> torch.Tensor | None:
-    """A mask that broadcasts to (B, H, n, b, b) as the fused kernel reads it: contiguous bool (B*H*n or 1, b or 1,
-    b), expanded over blocks only where it differs between them."""
-    if mask is None:
-        return None
-    batch, heads, n, block, _ = shape
-    mask = mask.reshape((1,) * (5 - mask.dim()) + mask.shape)
-    rows = mask.shape[3]
-    if _same_for_every_block(mask):
-        return mask.expand(1, 1, 1, rows, block).reshape(1, rows, block).contiguous()
-    return mask.expand(batch, heads, n, rows, block).reshape(batch * heads * n, rows, block).contiguous()
+    """A mask that broadcasts to (B, H, n, b, b) as the fused kernel reads it: (B*H*n or 1, b or 1, b)."""
+    return None if mask is None else kernel_mask(mask, tuple(shape[:3]), (mask.shape[-2], shape[3]))
 
 
 def _mask_scores_(scores: torch.Tensor, mask: torch.Tensor | None, floor: float) -> None:

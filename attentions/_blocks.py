@@ -44,3 +44,12 @@ def masked_softmax(scores: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
 def causal_block_mask(block: int, device) -> torch.Tensor:
     """(block, block) lower-triangular bool: query i sees keys j <= i inside the same block."""
     return torch.ones(block, block, dtype=torch.bool, device=device).tril()
+
+
+def kernel_mask(mask: torch.Tensor, lead: tuple[int, ...], last: tuple[int, int]) -> torch.Tensor:
+    """``mask`` (broadcasting to ``lead + last``) as the CPU kernels read it: contiguous bool (1 or prod(lead),
+    *last), expanded over the leading dimensions only where it differs along them (a causal triangle is passed once)."""
+    mask = mask.reshape((1,) * (len(lead) + 2 - mask.dim()) + mask.shape)
+    if all(size == 1 for size in mask.shape[:-2]):
+        return mask.expand(*mask.shape[:-2], *last).reshape(1, *last).contiguous()
+    return mask.expand(*lead, *last).reshape(-1, *last).contiguous()

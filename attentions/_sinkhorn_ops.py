@@ -20,6 +20,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from attentions import _fused_cpu
+from attentions._blocks import kernel_mask
 
 
 def log_sinkhorn(
@@ -65,7 +66,7 @@ class _LogSinkhorn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, log_alpha, steps, mask, causal, record):
         shape, n = log_alpha.shape, log_alpha.shape[-1]
-        matrices = _per_matrix(mask, shape)
+        matrices = None if mask is None else kernel_mask(mask, tuple(shape[:-2]), (n, n))
         out, trace, prefix = _fused_cpu.kernel().log_sinkhorn_forward(
             log_alpha.reshape(-1, n, n).contiguous(), steps, matrices, causal, record
         )
@@ -82,18 +83,6 @@ class _LogSinkhorn(torch.autograd.Function):
         grad = grad.reshape(-1, n, n).contiguous()
         d_log_alpha = _fused_cpu.kernel().log_sinkhorn_backward(grad, trace, prefix, ctx.mask, ctx.causal)
         return d_log_alpha.view(ctx.shape), None, None, None, None
-
-
-def _per_matrix(mask: torch.Tensor | None, shape: torch.Size) -> torch.Tensor | None:
-    """``mask`` as the kernel reads it: contiguous bool (1 or matrices, n, n), expanded over the leading dimensions
-    only where it differs between matrices."""
-    if mask is None:
-        return None
-    n = shape[-1]
-    mask = mask.reshape((1,) * (len(shape) - mask.dim()) + mask.shape)
-    if all(size == 1 for size in mask.shape[:-2]):
-        return mask.expand(*mask.shape[:-2], n, n).reshape(1, n, n).contiguous()
-    return mask.expand(shape).reshape(-1, n, n).contiguous()
 
 
 def _reachable(mask: torch.Tensor) -> torch.Tensor:

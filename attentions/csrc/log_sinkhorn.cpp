@@ -18,6 +18,7 @@
 #include <ATen/Parallel.h>
 #include <ATen/cpu/vec/vec.h>
 
+#include <algorithm>
 #include <limits>
 #include <vector>
 
@@ -161,10 +162,11 @@ std::vector<torch::Tensor> log_sinkhorn_forward(torch::Tensor x, int64_t steps, 
   TORCH_CHECK(steps >= 0, "log_sinkhorn: steps must be >= 0, got ", steps);
   const int64_t M = x.size(0), n = x.size(1), nn = n * n;
   check_mask(mask, M, n);
-  // ``record``: keep every step's output (the backward's y) and the prefix steps' logsumexps; otherwise two slots
-  // of the trace take turns and the prefixes go to per-task scratch.
-  auto trace = torch::empty({record ? steps + 1 : 2, M, n, n}, x.options());
-  auto prefix = torch::empty({causal && record ? steps : 0, M, n, n}, x.options());
+  // ``record``: keep every step's output (trace[s], the backward's y) and every prefix step's logsumexps
+  // (prefix[s / 2] for the odd steps s); otherwise two slots of the trace take turns and the prefixes go to scratch.
+  // The masked input, step 0's, is per-task scratch: the backward never reads it.
+  auto trace = torch::empty({record ? steps : std::min<int64_t>(steps, 2), M, n, n}, x.options());
+  auto prefix = torch::empty({causal && record ? steps / 2 : 0, M, n, n}, x.options());
   auto out = torch::empty_like(x);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "log_sinkhorn_forward", [&] {
     const Balancer<scalar_t> bal{n};
@@ -172,24 +174,23 @@ std::vector<torch::Tensor> log_sinkhorn_forward(torch::Tensor x, int64_t steps, 
     const scalar_t* X = x.data_ptr<scalar_t>();
     scalar_t *Y = trace.data_ptr<scalar_t>(), *O = out.data_ptr<scalar_t>();
     scalar_t* P = causal && record ? prefix.data_ptr<scalar_t>() : nullptr;
-    auto slot = [&](int64_t s) { return record ? s : s % 2; };
+    auto output = [&](int64_t s, int64_t m) { return Y + ((record ? s : s % 2) * M + m) * nn; };
     at::parallel_for(0, M, 1, [&](int64_t begin, int64_t end) {
-      std::vector<scalar_t> lse(n), scratch(causal && !record ? nn : 0);
+      std::vector<scalar_t> lse(n), input(nn), scratch(causal && !record ? nn : 0);
       for (int64_t m = begin; m < end; ++m) {
         const bool* ok = mask_of(mask, m, nn);
-        scalar_t* y0 = Y + m * nn;  // trace[0]: the masked input
-        for (int64_t e = 0; e < nn; ++e) y0[e] = (ok && !ok[e]) ? -inf : X[m * nn + e];
+        for (int64_t e = 0; e < nn; ++e) input[e] = (ok && !ok[e]) ? -inf : X[m * nn + e];
         for (int64_t s = 0; s < steps; ++s) {
-          const scalar_t* in = Y + (slot(s) * M + m) * nn;
-          scalar_t* o = Y + (slot(s + 1) * M + m) * nn;
+          const scalar_t* in = s == 0 ? input.data() : output(s - 1, m);
+          scalar_t* o = output(s, m);
           if (s % 2 == 0)
             bal.rows(in, o);
           else if (causal)
-            bal.prefixes(in, o, P ? P + (s * M + m) * nn : scratch.data());
+            bal.prefixes(in, o, P ? P + (s / 2 * M + m) * nn : scratch.data());
           else
             bal.columns(in, o, lse.data());
         }
-        const scalar_t* last = Y + (slot(steps) * M + m) * nn;
+        const scalar_t* last = steps == 0 ? input.data() : output(steps - 1, m);
         for (int64_t e = 0; e < nn; ++e) O[m * nn + e] = last[e] == -inf ? floor : last[e];
       }
     });
@@ -199,9 +200,11 @@ std::vector<torch::Tensor> log_sinkhorn_forward(torch::Tensor x, int64_t steps, 
 
 torch::Tensor log_sinkhorn_backward(torch::Tensor grad, torch::Tensor trace, torch::Tensor prefix,
                                     c10::optional<torch::Tensor> mask, bool causal) {
-  const int64_t steps = trace.size(0) - 1, M = trace.size(1), n = trace.size(2), nn = n * n;
+  const int64_t steps = trace.size(0), M = trace.size(1), n = trace.size(2), nn = n * n;
   TORCH_CHECK(grad.is_contiguous() && grad.dim() == 3 && grad.size(0) == M && grad.size(1) == n && grad.size(2) == n,
               "log_sinkhorn: expected a contiguous (", M, ", ", n, ", ", n, ") gradient, got ", grad.sizes());
+  TORCH_CHECK(!causal || prefix.size(0) == steps / 2, "log_sinkhorn: ", prefix.size(0), " prefix slots for ", steps,
+              " steps: the forward did not record them");
   check_mask(mask, M, n);
   auto g = grad.clone();
   AT_DISPATCH_FLOATING_TYPES(grad.scalar_type(), "log_sinkhorn_backward", [&] {
@@ -216,11 +219,11 @@ torch::Tensor log_sinkhorn_backward(torch::Tensor grad, torch::Tensor trace, tor
         if (ok)  // masked entries are constants of the output
           for (int64_t e = 0; e < nn; ++e) gm[e] = ok[e] ? gm[e] : scalar_t(0);
         for (int64_t s = steps - 1; s >= 0; --s) {
-          const scalar_t* y = Y + ((s + 1) * M + m) * nn;
+          const scalar_t* y = Y + (s * M + m) * nn;
           if (s % 2 == 0)
             bal.rows_backward(y, gm);
           else if (causal)
-            bal.prefixes_backward(y, P + (s * M + m) * nn, gm);
+            bal.prefixes_backward(y, P + (s / 2 * M + m) * nn, gm);
           else
             bal.columns_backward(y, gm);
         }

@@ -6,7 +6,8 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from attentions import _fused_cpu
-from attentions._sinkhorn_ops import _per_matrix, log_sinkhorn, prefix_logsumexp, reference_log_sinkhorn
+from attentions._blocks import kernel_mask
+from attentions._sinkhorn_ops import log_sinkhorn, prefix_logsumexp, reference_log_sinkhorn
 
 
 def masked_lower(n: int) -> torch.Tensor:
@@ -143,6 +144,8 @@ def test_without_gradients_the_kernel_keeps_no_trace_and_gives_the_same_values(k
     assert torch.equal(plain, recorded.detach())
     _, trace, prefix = kernel.log_sinkhorn_forward(x.reshape(6, 9, 9), 7, None, causal, False)
     assert trace.shape[0] == 2 and prefix.numel() == 0
+    _, trace, prefix = kernel.log_sinkhorn_forward(x.reshape(6, 9, 9), 7, None, causal, True)  # what backward reads
+    assert trace.shape == (7, 6, 9, 9) and prefix.shape[0] == (3 if causal else 0)
 
 
 def test_kernel_refuses_a_mask_of_the_wrong_shape_by_name(kernel):
@@ -155,11 +158,11 @@ def test_kernel_refuses_a_mask_of_the_wrong_shape_by_name(kernel):
 
 def test_a_mask_shared_by_every_matrix_is_passed_once():
     """(n, n) and (1, 1, n, n) masks reach the kernel as one (1, n, n) mask; a per-batch mask is expanded over heads."""
-    shape = torch.Size([2, 3, 5, 5])
+    lead, last = (2, 3), (5, 5)
     lower = masked_lower(5)
-    assert _per_matrix(lower, shape).shape == (1, 5, 5)
-    assert _per_matrix(lower[None, None], shape).shape == (1, 5, 5)
+    assert kernel_mask(lower, lead, last).shape == (1, 5, 5)
+    assert kernel_mask(lower[None, None], lead, last).shape == (1, 5, 5)
     live = torch.tensor([[True] * 5, [True] * 3 + [False] * 2])
     per_batch = (live[:, :, None] & live[:, None, :])[:, None]  # (2, 1, 5, 5)
-    flat = _per_matrix(per_batch, shape)
+    flat = kernel_mask(per_batch, lead, last)
     assert flat.shape == (6, 5, 5) and torch.equal(flat[3], per_batch[1, 0]) and torch.equal(flat[2], per_batch[0, 0])
