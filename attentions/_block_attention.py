@@ -182,4 +182,13 @@ def _dead_rows(sorted_ok: torch.Tensor | None, local_ok: torch.Tensor | None) ->
 
 def sinkhorn_block_attention(q, kb, vb, sort, sorted_ok=None, local_ok=None) -> torch.Tensor:
     """Same result and gradients as ``reference``; masks broadcast to (B, H, n, b, b) and are never materialized."""
+    if q.device.type == "cpu":
+        return _on_cpu(q, kb, vb, sort, sorted_ok, local_ok)
+    return _SinkhornBlockAttention.apply(q, kb, vb, sort, sorted_ok, local_ok)
+
+
+@torch.compiler.disable
+def _on_cpu(q, kb, vb, sort, sorted_ok, local_ok) -> torch.Tensor:
+    """The CPU kernel is opaque to ``torch.compile`` (and building it is no graph), so on the CPU a compiled model runs
+    this eagerly, one clean graph break; on a GPU the batched-product path is compiled as ordinary operators."""
     return _SinkhornBlockAttention.apply(q, kb, vb, sort, sorted_ok, local_ok)

@@ -34,7 +34,16 @@ def log_sinkhorn(
     """
     if steps < 0:
         raise ValueError(f"log_sinkhorn: steps must be >= 0, got {steps}")
-    if log_alpha.dim() < 2 or log_alpha.shape[-1] != log_alpha.shape[-2] or _fused_cpu.usable(log_alpha) is None:
+    if log_alpha.dim() < 2 or log_alpha.shape[-1] != log_alpha.shape[-2] or log_alpha.device.type != "cpu":
+        return reference_log_sinkhorn(log_alpha, steps, mask=mask, causal=causal)
+    return _on_cpu(log_alpha, steps, mask, causal)
+
+
+@torch.compiler.disable
+def _on_cpu(log_alpha, steps, mask, causal) -> torch.Tensor:
+    """The CPU kernel is opaque to ``torch.compile`` (and building it is no graph), so on the CPU a compiled model runs
+    this eagerly, one clean graph break; on a GPU the reference's operators are compiled."""
+    if _fused_cpu.usable(log_alpha) is None:
         return reference_log_sinkhorn(log_alpha, steps, mask=mask, causal=causal)
     record = torch.is_grad_enabled() and log_alpha.requires_grad  # (the forward below runs without grad mode)
     return _LogSinkhorn.apply(log_alpha, steps, mask, causal, record)

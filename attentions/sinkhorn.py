@@ -18,8 +18,8 @@ SortCut (section 3.4, encoder only): every query attends to the first ``budget``
 
 Cost per head: Sinkhorn O(L * block_size * D + (L / block_size)^2 * block_size * D) time (attention plus block mixing)
 and O(L * block_size) memory for scores, never an L x L tensor (the sort-and-attend step has a hand-written backward,
-``_block_attention``); SortCut O(L * budget * block_size); the mixture adds dense
-attention and is O(L^2) time like ``vanilla``.
+``_block_attention``; on a GPU one FlexAttention call, ``_flex_block_attention``); SortCut O(L * budget * block_size);
+the mixture adds dense attention and is O(L^2) time like ``vanilla``.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from attentions import _flex_block_attention
 from attentions._block_attention import sinkhorn_block_attention
 from attentions._blocks import causal_block_mask, key_valid, pad_length, to_blocks
 from attentions._registry import require_int
@@ -165,6 +166,9 @@ class SinkhornAttention(Attention):
         qb, kb, vb, valid, padded = self._blocks(q, k, v, padding_mask)
         n, block = qb.shape[2], qb.shape[3]
         sort = self.sort_matrix(kb, valid, padded)
+        if not padded and _flex_block_attention.enabled(q):  # GPUs: one fused FlexAttention forward and backward
+            out = _flex_block_attention.flex_block_attention(qb, kb, vb, sort, causal=self.causal)
+            return out.reshape(batch, heads, n * block, dim)
         sorted_ok = local_ok = None
         if padded or self.causal:
             sorted_ok = sorted_slot_valid(sort, valid)[:, :, :, None, :]  # (B, H, n, 1, b)

@@ -204,6 +204,7 @@ def _measure_models(names: list[str], lengths: list[int], args: argparse.Namespa
                 repeats=args.repeats,
                 device=device,
                 dtype=dtype,
+                compile=args.compile,
             )
     for line in model_bench.table_lines(rows):
         consoles.out.print(line, highlight=False, soft_wrap=True)
@@ -234,8 +235,12 @@ def _bench(args: argparse.Namespace, consoles: Consoles) -> int:
         "repeats": args.repeats,
         "block_plugins": sorted(n for n in names if "block_size" in attentions.parameters(n)),
     }
+    if args.compile and not args.model:
+        raise ValueError("--compile applies to --model (whole training steps), not to the attention-only sweep")
     if args.model:
         config["model"] = {"kind": "lm", "layers": 2, "dim": args.heads * args.head_dim, "optimizer": "AdamW"}
+        if args.compile:
+            config["model"]["compile"] = True  # a separate run from the eager one in the store and the report
     console, out = consoles.err, consoles.out
     console.print(f"bench{' --model' if args.model else ''}: {', '.join(names)} at L = {', '.join(map(str, lengths))}")
     rows = (_measure_models if args.model else _measure_plugins)(names, lengths, args, consoles)
@@ -413,6 +418,12 @@ def parser() -> argparse.ArgumentParser:
     )
     sweep.add_argument(
         "--model", action="store_true", help="whole-model training steps/s and peak memory per plugin, vs vanilla"
+    )
+    sweep.add_argument(
+        "--compile",
+        action="store_true",
+        help="with --model: torch.compile every model first (not timed); on a GPU it fuses the block plugins' small "
+        "operators",
     )
     sweep.add_argument("--batch", type=int, default=1, help="sequences per step (default: %(default)s)")
     sweep.add_argument(

@@ -99,6 +99,20 @@ def padding_or_none(mask: torch.Tensor | None) -> torch.Tensor | None:
     return None if mask is None or bool(mask.all()) else mask
 
 
+RECOMPILE_LIMIT = 64
+
+
+def compile_in_place(model: nn.Module) -> nn.Module:
+    """``torch.compile`` the model in place (``nn.Module.compile``: its state_dict keys stay as they are, so checkpoints
+    and DeepSpeed see the plain module), with static shapes: a trial's lengths are fixed, and the block plugins' shapes
+    decide their graphs. Dynamo's recompile limit is raised so that every eval shape of a trial, and every plugin and
+    length of a benchmark process, is compiled rather than silently run eagerly after the eighth."""
+    dynamo = torch._dynamo.config
+    dynamo.recompile_limit = max(dynamo.recompile_limit, RECOMPILE_LIMIT)
+    model.compile(dynamic=False)
+    return model
+
+
 def sinusoidal_positions(length: int, dim: int) -> torch.Tensor:
     """(length, dim) fixed sine/cosine position table (Vaswani et al. 2017)."""
     position = torch.arange(length, dtype=torch.float32)[:, None]

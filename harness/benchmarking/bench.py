@@ -20,6 +20,7 @@ import hashlib
 import json
 import statistics
 import time
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -158,7 +159,10 @@ def sweep(
     configs: Sequence[tuple[torch.device | str, torch.dtype]] | None = None,
     extra: Mapping[str, ModuleFactory] | None = None,
 ) -> list[dict[str, Any]]:
-    """Measure every plugin in ``names`` (and every peer in ``extra``) at every length and (device, dtype)."""
+    """Measure every plugin in ``names`` (and every peer in ``extra``) at every length and (device, dtype).
+
+    A case that runs out of memory is skipped with a warning that names it (Long Range Arena's tables mark such
+    cells OOM), so one plugin's quadratic memory at the longest length does not lose the rest of the sweep."""
     rows = []
     builders: dict[str, ModuleFactory] = {
         name: (
@@ -173,8 +177,8 @@ def sweep(
         for length in lengths:
             for name, factory in builders.items():
                 torch.manual_seed(0)
-                rows.append(
-                    measure(
+                try:
+                    row = measure(
                         name,
                         factory(length),
                         length,
@@ -185,7 +189,13 @@ def sweep(
                         dtype=dtype,
                         repeats=repeats,
                     )
-                )
+                except torch.OutOfMemoryError:
+                    where = torch.device(device)
+                    warnings.warn(f"{name} at L={length} on {where}: out of memory, skipped", stacklevel=2)
+                    if where.type == "cuda":
+                        torch.cuda.empty_cache()
+                    continue
+                rows.append(row)
     return rows
 
 

@@ -23,7 +23,7 @@ import torch
 
 import attentions
 from harness.memory import measure_peak
-from harness.model import ModelConfig, Transformer
+from harness.model import ModelConfig, Transformer, compile_in_place
 
 VOCAB = 256  # byte-level, as a char LM task
 
@@ -53,9 +53,11 @@ def model_config(
 class _Trainee:
     """One model, its AdamW optimizer and a fixed batch: ``step()`` is one training step."""
 
-    def __init__(self, cfg: ModelConfig, batch: int, device: torch.device, dtype: torch.dtype):
+    def __init__(self, cfg: ModelConfig, batch: int, device: torch.device, dtype: torch.dtype, compile: bool = False):
         torch.manual_seed(0)
         self.model = Transformer(cfg).to(device=device, dtype=dtype).train()
+        if compile:
+            compile_in_place(self.model)  # the warm-up step compiles, before any step is timed
         # Fused AdamW (one kernel for all parameters) keeps the optimizer, which is the same for every plugin, from
         # diluting the differences between them with per-parameter overhead.
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-4, fused=True)
@@ -84,9 +86,11 @@ def model_sweep(
     repeats: int = 3,
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float32,
+    compile: bool = False,
 ) -> list[dict[str, Any]]:
     """One row per (plugin, length): ``seconds`` (median step), ``seconds_min``, ``steps_per_second`` (1 / median)
-    and ``peak_memory_bytes``. The max_len of the model is the length itself."""
+    and ``peak_memory_bytes``. The max_len of the model is the length itself. ``compile``: every model goes through
+    ``torch.compile`` first (``harness.model.compile_in_place``); the compile is not timed."""
     device = torch.device(device)
     rows = []
     for length in lengths:
@@ -96,6 +100,7 @@ def model_sweep(
                 batch,
                 device,
                 dtype,
+                compile,
             )
             for name in names
         }

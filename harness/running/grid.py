@@ -24,6 +24,9 @@ GRIDS_DIR = Path(__file__).parent.parent / "grids"
 # Fields of a trial's config that cannot change its result, left out of the trial id (section -> keys): where and how
 # often a trial checkpoints does not change its metrics, because a resumed trial ends exactly as an uninterrupted one.
 NOT_IN_ID = {"resources": ("cpus", "max_retries"), "train": ("checkpoint_every", "keep_checkpoints")}
+# Fields added after results were stored, left out of the trial id while at their default: a stored trial keeps its id
+# (and a re-run grid finds it) when such a field appears; setting one makes a new trial.
+ID_DEFAULTS: dict[str, dict[str, Any]] = {"train": {"compile": False}}
 
 
 class GridError(ValueError):
@@ -58,6 +61,11 @@ class TrainConfig(_Strict):
     select: Literal["last", "best"] = Field("last", description="test the last step, or the best val step")
     keep_checkpoints: bool = Field(False, description="keep a trial's checkpoints after its result is stored")
     deepspeed: dict[str, Any] = Field(default_factory=dict, description="merged into the DeepSpeed config")
+    compile: bool = Field(
+        False,
+        description="torch.compile the model (static shapes): fuses the many small operators of the block plugins, "
+        "which bound their speed on a GPU; the first steps and each new eval shape pay the compile",
+    )
 
     @model_validator(mode="after")
     def _best_needs_validation(self) -> TrainConfig:
@@ -110,6 +118,8 @@ class Trial:
         identity = self.config()
         for section, keys in NOT_IN_ID.items():
             identity[section] = {k: v for k, v in identity[section].items() if k not in keys}
+        for section, defaults in ID_DEFAULTS.items():
+            identity[section] = {k: v for k, v in identity[section].items() if not (k in defaults and defaults[k] == v)}
         return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
 
     @property

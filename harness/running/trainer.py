@@ -20,7 +20,7 @@ import torch
 
 import tasks
 from harness.memory import measure_peak
-from harness.model import ModelConfig, Transformer
+from harness.model import ModelConfig, Transformer, compile_in_place
 from harness.running.checkpoints import TrialCheckpoints, rng_state, set_rng_state
 from harness.running.grid import deep_merge
 from harness.running.metrics import evaluate, headline, improves
@@ -172,6 +172,8 @@ def run_trial(
     model = Transformer(model_cfg)
     num_parameters = model.num_parameters()
     train = config["train"]
+    if train.get("compile"):
+        compile_in_place(model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=train["lr"], weight_decay=train["weight_decay"])
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(train))
     engine, _, _, _ = deepspeed.initialize(

@@ -32,6 +32,20 @@ def test_sweep_rows_and_saved_bytes():
     assert local[128] > local[64]  # saved activations grow with length
 
 
+def test_sweep_skips_a_case_that_runs_out_of_memory_and_keeps_the_rest(monkeypatch):
+    real = bench.measure
+
+    def measure(name, module, length, **kw):
+        if (name, length) == ("vanilla", 128):
+            raise torch.OutOfMemoryError("planted")
+        return real(name, module, length, **kw)
+
+    monkeypatch.setattr(bench, "measure", measure)
+    with pytest.warns(UserWarning, match=r"vanilla at L=128 on cpu: out of memory, skipped"):
+        rows = bench.sweep(["vanilla", "local"], [64, 128], repeats=1, configs=[("cpu", torch.float32)], block_size=16)
+    assert [(r["attention"], r["length"]) for r in rows] == [("vanilla", 64), ("local", 64), ("local", 128)]
+
+
 def test_saved_bytes_counts_each_storage_once():
     q, k, v = bench.make_inputs(32, batch=1, heads=2, head_dim=8, device=torch.device("cpu"), dtype=torch.float32)
     # q * k saves both inputs; q * q saves q twice (one storage): the latter must count half as much.

@@ -124,3 +124,84 @@ def test_trial_on_cuda_checkpoints_and_resumes(tmp_path):
     exact = got == want
     print(f"CUDA resume bit-exact: {exact}; largest difference {max(abs(got[k] - want[k]) for k in want):.3g}")
     assert got == pytest.approx(want, rel=2e-2, abs=2e-2)
+
+
+@pytest.mark.parametrize("name", ["sinkhorn", "local"])
+def test_compiled_lm_matches_eager_on_cuda(name, monkeypatch):
+    """``train.compile`` on the GPU, where it pays: the compiled causal LM gives the eager loss and gradients (fp32;
+    torch's own random numbers, so the same Gumbel noise)."""
+    import torch._inductor.config
+
+    from harness.model import ModelConfig, Transformer, compile_in_place
+
+    monkeypatch.setattr(torch._inductor.config, "fallback_random", True)
+    cfg = ModelConfig(
+        kind="lm", vocab_size=64, max_len=256, attention=name, attention_params={"block_size": 32}, dim=64, heads=2
+    )
+    torch.manual_seed(0)
+    eager = Transformer(cfg).cuda().train()
+    torch.manual_seed(0)
+    compiled = compile_in_place(Transformer(cfg).cuda().train())
+    tokens = torch.randint(2, 64, (2, 257), generator=torch.Generator().manual_seed(0)).cuda()
+    batch = {"tokens": tokens, "mask": torch.ones_like(tokens, dtype=torch.bool)}
+    losses = []
+    for model in (eager, compiled):
+        torch.manual_seed(1)
+        losses.append(model(batch))
+        losses[-1].backward()
+    torch.testing.assert_close(losses[1], losses[0], rtol=1e-4, atol=0)
+    scale = max(p.grad.abs().max().item() for p in eager.parameters())
+    for (pname, a), b in zip(eager.named_parameters(), compiled.parameters(), strict=True):
+        torch.testing.assert_close(b.grad, a.grad, rtol=1e-3, atol=1e-4 * scale, msg=lambda m, n=pname: f"{n}: {m}")
+
+
+def test_compiled_trial_trains_on_cuda_in_bf16_over_nccl():
+    from harness.running.trainer import run_trial
+
+    spec = tasks.build("sort", scale="smoke").spec
+    train = dict(steps=12, batch_size=8, lr=1e-3, warmup=0, weight_decay=0.0, grad_clip=1.0, eval_batch_size=64)
+    train |= dict(eval_every=0, checkpoint_every=0, select="last", keep_checkpoints=False, deepspeed={}, compile=True)
+    config = Trial(
+        grid="cuda",
+        task="sort",
+        task_params={"train_size": 256, "test_size": 16},
+        scale="smoke",
+        seed=0,
+        attention="sinkhorn",
+        params={"block_size": 4},
+        model=dataclasses.asdict(spec.model),
+        train=train,
+        resources=dict(cpus=1, gpus=1, workers=1, max_retries=0),
+    ).config()
+    result = run_trial(config)
+    assert result.device == "cuda" and torch.distributed.get_backend() == "nccl"
+    assert all(torch.isfinite(torch.tensor(v)) for v in result.final().values())
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("length,block", [(256, 32), (320, 64)])  # 320: no multiple of FlexAttention's 128 tiles
+def test_flex_path_matches_the_batched_path_on_cuda(causal, length, block, monkeypatch):
+    """sinkhorn's GPU path (one FlexAttention call) against its batched path: outputs and every gradient (q, k, v
+    and the sort net's) in fp32 in training mode (same Gumbel noise), and within bf16 rounding in bf16."""
+    from attentions import _flex_block_attention as flex
+
+    def run(use_flex: bool, dtype: torch.dtype):
+        monkeypatch.setattr(flex, "enabled", lambda x: use_flex)
+        torch.manual_seed(0)
+        attn = attentions.build("sinkhorn", heads=2, head_dim=32, max_len=length, causal=causal, block_size=block)
+        attn = attn.train().cuda().to(dtype)
+        g = torch.Generator().manual_seed(1)
+        q, k, v = (torch.randn(2, 2, length, 32, generator=g).cuda().to(dtype).requires_grad_() for _ in range(3))
+        torch.manual_seed(2)
+        out = attn(q, k, v)
+        out.float().square().mean().backward()
+        grads = [t.grad.float() for t in (q, k, v)] + [p.grad.float() for p in attn.parameters()]
+        return out.float(), grads
+
+    out, grads = run(False, torch.float32)
+    got, got_grads = run(True, torch.float32)
+    torch.testing.assert_close(got, out, rtol=1e-4, atol=1e-5)
+    for a, b in zip(got_grads, grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4 * b.abs().max().item() + 1e-7)
+    low, _ = run(True, torch.bfloat16)
+    assert (low - out).abs().max() <= 0.05 * out.abs().max() + 0.02

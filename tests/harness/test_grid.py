@@ -17,7 +17,9 @@ attentions:
   vanilla: {}
   local: {block_size: [2, 4]}
   sparse: {block_size: 4, stride: [1, 2]}
-train: {steps: 5, batch_size: 4}
+train:
+  steps: 5
+  batch_size: 4
 """
 
 
@@ -45,6 +47,26 @@ def test_trial_ids_are_stable_and_follow_the_config(tmp_path):
     assert not set(first.values()) & set(changed.values())
     more_cpus = write(tmp_path, BASE + "resources: {cpus: 2}\n", "cpus.yaml")
     assert {t.label: t.trial_id for t in load_trials(more_cpus)[1]} == first  # cpus cannot change a result
+
+
+def test_a_field_added_later_keeps_stored_ids_at_its_default_and_makes_a_new_trial_when_set(tmp_path):
+    import json
+    from pathlib import Path
+
+    import pyarrow.parquet as pq
+
+    from harness.running.grid import trial_id_of
+
+    default = {t.label: t.trial_id for t in load_trials(write(tmp_path, BASE))[1]}
+    said = {t.label: t.trial_id for t in load_trials(write(tmp_path, BASE + "  compile: false\n", "said.yaml"))[1]}
+    compiled = {t.label: t.trial_id for t in load_trials(write(tmp_path, BASE + "  compile: true\n", "on.yaml"))[1]}
+    assert said == default and not set(compiled.values()) & set(default.values())
+    # Trials stored before `train.compile` existed (the committed replication store) keep their ids today.
+    store = Path(__file__).parents[2] / "results" / "replication"
+    table = pq.read_table(next(iter(sorted(store.glob("*.parquet")))), columns=["trial_id", "config"])
+    stored_id, config = table["trial_id"][0].as_py(), json.loads(table["config"][0].as_py())
+    assert "compile" not in config["train"] and trial_id_of(config) == stored_id
+    assert trial_id_of({**config, "train": {**config["train"], "compile": False}}) == stored_id
 
 
 def test_include_overrides_key_by_key(tmp_path):

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
+
+import pytest
 import torch
 
-from harness.model import ModelConfig, Transformer
+from harness.model import ModelConfig, Transformer, compile_in_place
 
 
 def config(kind: str, attention: str = "vanilla", **kw) -> ModelConfig:
@@ -93,3 +96,34 @@ def test_a_mask_that_hides_nothing_reaches_no_plugin_and_changes_no_loss():
         model.decode(tokens[:, :-1], padded["mask"][:, :-1])[targets], tokens[:, 1:][targets]
     )
     torch.testing.assert_close(loss, expected)
+
+
+@pytest.mark.slow
+def test_compiled_model_gives_the_eager_loss_and_gradients(monkeypatch):
+    """``train.compile`` / ``bench --model --compile``: the compiled causal sinkhorn LM (the CPU kernels run eagerly
+    inside it, the rest is compiled) trains like the eager one, and its state_dict keys are the plain module's."""
+    import torch._inductor.config
+
+    # Compiled code draws its random numbers (the Gumbel noise) from its own generator unless told to call torch's.
+    monkeypatch.setattr(torch._inductor.config, "fallback_random", True)
+    cfg = dataclasses.replace(config("lm", "sinkhorn"), attention_params={"block_size": 8})
+    torch.manual_seed(0)
+    eager = Transformer(cfg).train().double()  # float64: what is left of the difference is a bug, not rounding
+    torch.manual_seed(0)
+    compiled = compile_in_place(Transformer(cfg).train().double())
+    assert list(compiled.state_dict()) == list(eager.state_dict())
+    torch._dynamo.reset()
+    tokens = torch.randint(2, 12, (2, 33), generator=torch.Generator().manual_seed(0))
+    batch = {"tokens": tokens, "mask": torch.ones_like(tokens, dtype=torch.bool)}
+    losses = []
+    for model in (eager, compiled):
+        torch.manual_seed(1)  # the same Gumbel noise
+        losses.append(model(batch))
+        losses[-1].backward()
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 2  # it was compiled, around the kernels' breaks
+    torch.testing.assert_close(losses[1], losses[0], rtol=1e-6, atol=0)
+    # The loss is taken in float32 (harness.model), so gradients agree to float32's rounding, on the scale of the
+    # largest one (some are 0 in exact arithmetic, such as the key biases under softmax).
+    scale = max(p.grad.abs().max().item() for p in eager.parameters())
+    for (name, a), b in zip(eager.named_parameters(), compiled.parameters(), strict=True):
+        torch.testing.assert_close(b.grad, a.grad, rtol=1e-5, atol=1e-6 * scale, msg=lambda m, n=name: f"{n}: {m}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -139,3 +140,20 @@ def _without_model(tmp_path):
     path = tmp_path / "plain.json"
     regression.save_baseline(path, regression.make_baseline(run(), config={}))
     return path
+
+
+def test_bench_compile_reaches_every_model_and_the_store_and_needs_model_mode(tmp_path, monkeypatch, capsys):
+    import pyarrow.dataset as ds
+
+    from harness.benchmarking import model_bench
+
+    compiled = []
+    monkeypatch.setattr(model_bench, "compile_in_place", lambda model: compiled.append(model) or model)
+    small = ["--lengths", "64", "--repeats", "1", "--device", "cpu", "--heads", "2", "--head-dim", "8"]
+    results = str(tmp_path / "results")
+    assert main(["bench", "--model", "--compile", "--attentions", "local", *small, "--results", results]) == 0
+    assert len(compiled) == 2  # vanilla (the reference, always measured) and local
+    configs = ds.dataset(results).to_table(columns=["config"]).column("config").to_pylist()
+    assert configs and all(json.loads(c)["model"]["compile"] is True for c in configs)
+    assert main(["bench", "--compile", *small, "--results", results]) == 2
+    assert "--compile applies to --model" in capsys.readouterr().err

@@ -90,6 +90,17 @@ def test_gpu_trial_trains_on_cuda_in_bf16_over_nccl():
     assert deepspeed_config(config["train"], world_size=1, bf16=True)["bf16"] == {"enabled": True}
 
 
+def test_train_compile_compiles_the_model_before_deepspeed_wraps_it(monkeypatch):
+    import harness.running.trainer as trainer
+
+    compiled = []
+    monkeypatch.setattr(trainer, "compile_in_place", lambda model: compiled.append(type(model).__name__) or model)
+    run_trial(trial("local", {"block_size": 4}, steps=2))
+    assert compiled == []
+    run_trial(trial("local", {"block_size": 4}, steps=2, compile=True))
+    assert compiled == ["Transformer"]
+
+
 def test_plugin_statistics_are_stored_for_training_and_evaluation():
     result = run_trial(trial("sbm", {"clusters": 2}, steps=4))
     fractions = {split: value for (split, name), value in result.final().items() if name == "edge_fraction"}

@@ -1,0 +1,82 @@
+"""The GPU path of sinkhorn's sort-and-attend step (one FlexAttention call), pinned on the CPU through its forward
+(torch 2.13 has no FlexAttention backward on the CPU); tests/harness/test_cuda.py compares gradients on a GPU."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import attentions
+from attentions import _flex_block_attention as flex
+from attentions._block_attention import reference
+from attentions._blocks import causal_block_mask
+
+B, H, N, BLOCK, D = 2, 2, 5, 8, 16
+
+
+def blocks(seed: int = 0) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(B, H, N, BLOCK, D, generator=g) for _ in range(3)]
+
+
+def soft_sort(causal: bool, seed: int = 1) -> torch.Tensor:
+    """A relaxed permutation as the plugin makes one: causal ones mix only earlier blocks (row 0 has no mass)."""
+    logits = torch.randn(B, H, N, N, generator=torch.Generator().manual_seed(seed))
+    if causal:
+        lower = torch.ones(N, N, dtype=torch.bool).tril(-1)
+        return torch.softmax(logits.masked_fill(~lower, float("-inf")), dim=-1).nan_to_num(0.0)
+    return torch.softmax(logits, dim=-1)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_flex_path_gives_the_reference_forward(causal):
+    q, kb, vb = blocks()
+    sort = soft_sort(causal)
+    sorted_ok = (sort.sum(-1) > 0)[..., None, None] if causal else None  # what the plugin passes without padding
+    local_ok = causal_block_mask(BLOCK, q.device) if causal else None
+    expected = reference(q, kb, vb, sort, sorted_ok, local_ok)
+    with torch.no_grad():
+        got = flex.flex_block_attention(q, kb, vb, sort, causal=causal)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    if causal:  # block 0 reads nothing from its (empty) sorted block: plain causal attention in the block
+        own = torch.softmax(
+            (q[:, :, 0] @ kb[:, :, 0].transpose(-1, -2) / D**0.5).masked_fill(~local_ok, float("-inf")), dim=-1
+        )
+        torch.testing.assert_close(got[:, :, 0], own @ vb[:, :, 0], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_plugin_on_the_flex_path_gives_the_batched_paths_output(causal, monkeypatch):
+    """The plugin's wiring (blocks in, sequence out) with the flex path forced on, against the default CPU path."""
+    torch.manual_seed(0)
+    attn = attentions.build("sinkhorn", heads=H, head_dim=D, max_len=N * BLOCK, causal=causal, block_size=BLOCK)
+    attn.eval()
+    q, k, v = (t.reshape(B, H, N * BLOCK, D) for t in blocks(3))
+    with torch.no_grad():
+        expected = attn(q, k, v)
+        monkeypatch.setattr(flex, "enabled", lambda x: True)
+        got = attn(q, k, v)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_flex_path_is_for_cuda_only_and_can_be_switched_off(monkeypatch):
+    assert not flex.enabled(torch.zeros(1, 1, 4, 64))  # the CPU keeps its fused kernel (no FlexAttention backward)
+    if torch.cuda.is_available():
+        assert flex.enabled(torch.zeros(1, 1, 4, 64, device="cuda"))
+        assert not flex.enabled(torch.zeros(1, 1, 4, 8, device="cuda"))  # too narrow for its tiles
+        monkeypatch.setenv("ATTNBENCH_FLEX_CUDA", "0")
+        assert not flex.enabled(torch.zeros(1, 1, 4, 64, device="cuda"))
+
+
+def test_padded_inputs_keep_the_batched_path(monkeypatch):
+    """Padding (user padding or a length that is no block multiple) is not in the flex block mask: the plugin must
+    not take that path then, even where it is switched on."""
+    monkeypatch.setattr(flex, "enabled", lambda x: True)
+    monkeypatch.setattr(flex, "flex_block_attention", lambda *a, **k: pytest.fail("took the flex path with padding"))
+    attn = attentions.build("sinkhorn", heads=H, head_dim=D, max_len=64, block_size=BLOCK).eval()
+    q = torch.randn(B, H, N * BLOCK - 3, D)
+    attn(q, q, q)
+    mask = torch.ones(B, N * BLOCK, dtype=torch.bool)
+    mask[0, -5:] = False
+    q = torch.randn(B, H, N * BLOCK, D)
+    attn(q, q, q, padding_mask=mask)
