@@ -91,7 +91,7 @@ def _run(args: argparse.Namespace, consoles: Consoles) -> int:
     from harness.store import ResultStore
 
     console = consoles.err
-    console.print(f"grid [bold]{grid.name}[/bold]: {len(trials)} trials -> {args.results}")
+    console.print(f"grid [bold]{grid.name}[/bold]: {len(trials)} trials -> {args.results}", soft_wrap=True)
     summary = run_grid(
         trials,
         ResultStore(args.results),
@@ -140,7 +140,7 @@ def _report(args: argparse.Namespace, consoles: Consoles) -> int:
     from harness.reporting.report import write_report
 
     path = write_report(args.results, args.out)
-    consoles.out.print(f"report written to {path}", highlight=False)
+    consoles.out.print(f"report written to {path}", highlight=False, soft_wrap=True)  # a path to copy, never broken
     return 0
 
 
@@ -245,7 +245,7 @@ def _bench(args: argparse.Namespace, consoles: Consoles) -> int:
     console.print(f"bench{' --model' if args.model else ''}: {', '.join(names)} at L = {', '.join(map(str, lengths))}")
     rows = (_measure_models if args.model else _measure_plugins)(names, lengths, args, consoles)
     stored = bench.store_sweep(args.results, rows, config, model=args.model)
-    out.print(f"{stored} measurements stored in {args.results}", highlight=False)
+    out.print(f"{stored} measurements stored in {args.results}", highlight=False, soft_wrap=True)
     section = "model" if args.model else "attention"
     if not args.model:
         for name, exponent in sorted(regression.memory_exponents(rows).items()):
@@ -253,7 +253,7 @@ def _bench(args: argparse.Namespace, consoles: Consoles) -> int:
     cpu = [row for row in rows if row["device"] == "cpu"]  # the committed baseline is a CPU one
     if args.save_baseline:
         regression.save_baseline(args.save_baseline, regression.make_baseline(cpu, config), section=section)
-        out.print(f"baseline ({section} section) written to {args.save_baseline}", highlight=False)
+        out.print(f"baseline ({section} section) written to {args.save_baseline}", highlight=False, soft_wrap=True)
     problems = [] if args.model else regression.complexity(rows)
     if args.check:
         problems += regression.compare(regression.load_baseline(args.check, section=section), cpu)
