@@ -1,11 +1,12 @@
-"""The CPU kernels of the sinkhorn family (``csrc/``), compiled on first use into one extension: the fused Sinkhorn
-block attention (``sinkhorn_block.cpp``) and log-domain Sinkhorn balancing (``log_sinkhorn.cpp``).
+"""The project's CPU kernels (``csrc/``), compiled on first use into one extension: the sinkhorn family's fused block
+attention (``sinkhorn_block.cpp``) and log-domain Sinkhorn balancing (``log_sinkhorn.cpp``), and the drawing of
+``sbm``'s attention graph (``sbm_sample.cpp``).
 
 ``torch.utils.cpp_extension.load`` builds it once per machine and torch version (about 30 s on 2 cores, cached under
 ``~/.cache/torch_extensions``). Where it cannot be built or loaded (no compiler, a torch without the BLAS symbols it
-calls) ``kernel()`` returns None after one warning; ``_block_attention`` then keeps its batched-product path and
-``_sinkhorn_ops`` its autograd operators, which give the same results. ``ATTNBENCH_FUSED_CPU=0`` switches the kernels
-off.
+calls) ``kernel()`` returns None after one warning; ``_block_attention`` then keeps its batched-product path,
+``_sinkhorn_ops`` its autograd operators and ``sbm`` its drawing in torch operators, which give the same results.
+``ATTNBENCH_FUSED_CPU=0`` switches the kernels off.
 """
 
 from __future__ import annotations
@@ -18,7 +19,10 @@ from types import ModuleType
 
 import torch
 
-SOURCES = [Path(__file__).parent / "csrc" / name for name in ("bindings.cpp", "sinkhorn_block.cpp", "log_sinkhorn.cpp")]
+SOURCES = [
+    Path(__file__).parent / "csrc" / name
+    for name in ("bindings.cpp", "sinkhorn_block.cpp", "log_sinkhorn.cpp", "sbm_sample.cpp")
+]
 
 
 def enabled() -> bool:
@@ -27,8 +31,8 @@ def enabled() -> bool:
 
 @functools.cache
 def kernel() -> ModuleType | None:
-    """The compiled module (``forward``, ``backward``, ``log_sinkhorn_forward``, ``log_sinkhorn_backward``), or None
-    where it cannot be built here."""
+    """The compiled module (``forward``, ``backward``, ``log_sinkhorn_forward``, ``log_sinkhorn_backward``,
+    ``sbm_draw_rows``), or None where it cannot be built here."""
     from torch.utils import cpp_extension
 
     flags = ["-O3", "-fopenmp"]

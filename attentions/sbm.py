@@ -19,13 +19,17 @@ trains C and the MLP through the sampled edges. ``extra_loss`` is the density re
 over the allowed (real, causal-visible) pairs: the expected edge fraction, so the model pays for denser graphs.
 
 Sampling, chosen per training forward from the expected edge count (O(L * clusters) to compute): a dense graph is
-drawn pair by pair from the L x L probabilities; a sparse one by fastRG (Rohe et al. 2018, the paper's sampler), which
-never forms them. fastRG draws the Poisson multigraph exactly: per cluster c, Poisson(sum_i (YB)_ic * sum_j Z_jc) edges,
-each with its query i drawn in proportion to (YB)_ic and its key j to Z_jc; collapsing multi-edges then gives the same
-independent Bernoulli(p_ij) graph as the pair-by-pair draw (padded positions get zero membership, causal rejects j > i).
+drawn pair by pair, a block of query rows at a time (``dense_graph``: the uniform of pair (i, j) is a hash of a seed
+from torch's generator and (i, j), so rows are drawn in parallel, on the CPU by ``csrc/sbm_sample.cpp``, and the graph
+does not depend on the thread count); a sparse one by fastRG (Rohe et al. 2018, the paper's sampler), which never forms
+the L x L probabilities. fastRG draws the Poisson multigraph exactly: per cluster c, Poisson(sum_i (YB)_ic * sum_j
+Z_jc) edges, each with its query i drawn in proportion to (YB)_ic and its key j to Z_jc; collapsing multi-edges then
+gives the same independent Bernoulli(p_ij) graph as the pair-by-pair draw (padded positions get zero membership, causal
+rejects j > i).
 
-Complexity per head: on the dense-sampling path the edge probabilities are O(L^2 * clusters) time and O(L^2) memory
-(scalars, no d-dimensional products; backward recomputes them block by block from the L x clusters factors); on the
+Complexity per head: on the dense-sampling path the edge probabilities are O(L^2 * clusters) time and O(L * 128)
+floats of memory at a time (scalars, no d-dimensional products; the graph itself is L^2 bools; backward recomputes
+them block by block from the L x clusters factors); on the
 fastRG path sampling is O(L * clusters + E) for E edges, and only the density regularizer's sum of p stays O(L^2 *
 clusters) time, block by block in O(L * 128) memory. Attention is O(L^2 * d) in BLAS products on a dense graph and
 O(E * d) on a sparse one. ``trial_metrics()`` reports the realized edge fraction of the last forward.
@@ -41,6 +45,7 @@ import torch
 from torch import nn
 from torch.autograd.function import once_differentiable
 
+from attentions import _fused_cpu
 from attentions._blocks import key_valid
 from attentions._registry import require_int
 from attentions.base import Attention, register_attention
@@ -112,26 +117,20 @@ class SBMAttention(Attention):
                 expected = _expected_edges(yb, z, valid, self.causal)
             if expected < self.fastrg_below * batch * heads * length * length:
                 return self._fastrg_attention(q, k, v, yb, z, valid, allowed_count)
-        allowed = self.allowed_pairs(batch, length, padding_mask, q.device)
         with torch.no_grad():
-            p = _probability(yb, z).masked_fill_(~allowed, 0.0)  # (B, H, L, L), only to draw the graph
-            p_sum = p.sum()
-            graph = p.bernoulli_(p) > 0 if self.training else p >= 0.5  # in place: one L x L float tensor, not two
-            del p
-            graph = (graph & allowed) | torch.eye(length, dtype=torch.bool, device=q.device)  # every query keeps itself
-            self._edge_fraction = (graph & allowed).count_nonzero() / allowed_count  # self-edges count: attended
-            edges = int(graph.count_nonzero())
+            graph, p_sum, kept, edges = dense_graph(yb, z, valid, self.causal, self.training, draw_seed())
+            self._edge_fraction = kept / allowed_count  # self-edges count: attended
+        p_sum = torch.tensor(p_sum, dtype=yb.dtype, device=yb.device)
         self.extra_loss = self.density * _ProbabilitySum.apply(yb, z, valid, p_sum, self.causal) / allowed_count
         if edges >= self.dense_above * graph.numel():
             return _DenseGraphAttention.apply(q, k, v, yb, z, graph, valid, self.causal)
-        return self._edge_list_attention(q, k, v, yb, z, graph, allowed)
+        return self._edge_list_attention(q, k, v, yb, z, graph, valid)
 
-    def _edge_list_attention(self, q, k, v, yb, z, graph, allowed):
+    def _edge_list_attention(self, q, k, v, yb, z, graph, valid):
         """Attention on the drawn graph's edges only, O(E * D): for sparse graphs, where E is well below L^2."""
-        batch, heads = q.shape[:2]
         with torch.no_grad():
             b, h, i, j = graph.nonzero(as_tuple=True)  # (E,) each: the sampled edges
-            carries = allowed.expand(batch, heads, -1, -1)[b, h, i, j]  # padded self-edges carry no gradient
+            carries = _carries(valid, b, i, j, self.causal)
         return _edge_attention(q, k, v, yb, z, (b, h, i, j), carries)
 
     def _fastrg_attention(self, q, k, v, yb, z, valid, allowed_count):
@@ -139,7 +138,7 @@ class SBMAttention(Attention):
         batch, heads, length, _ = q.shape
         with torch.no_grad():
             b, h, i, j = fastrg_edges(yb, z, valid, self.causal)
-            carries = valid[b, i] & valid[b, j] & ((j <= i) if self.causal else True)  # False: a padded self-edge
+            carries = _carries(valid, b, i, j, self.causal)
             self._edge_fraction = carries.count_nonzero() / allowed_count
         p_sum = _ProbabilitySum.total(yb, z, valid, self.causal)
         self.extra_loss = self.density * _ProbabilitySum.apply(yb, z, valid, p_sum, self.causal) / allowed_count
@@ -152,6 +151,89 @@ class SBMAttention(Attention):
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, clusters={self.clusters}, density={self.density}"
+
+
+def _carries(valid: torch.Tensor, b, i, j, causal: bool) -> torch.Tensor:
+    """Per edge, whether it is an allowed pair (real query, real key, causal-visible): False only for a padded
+    query's self-edge, which is attended (so no row is empty) but carries no straight-through gradient."""
+    return valid[b, i] & valid[b, j] & ((j <= i) if causal else True)
+
+
+def draw_seed() -> int:
+    """The seed of one drawn graph, from torch's CPU generator: ``torch.manual_seed`` fixes the draws, and a resumed
+    trial (whose checkpoint keeps that generator's state) continues them."""
+    return int(torch.randint(0, 2**62, (), dtype=torch.int64))
+
+
+def dense_graph(
+    yb: torch.Tensor, z: torch.Tensor, valid: torch.Tensor, causal: bool, training: bool, seed: int
+) -> tuple[torch.Tensor, float, int, int]:
+    """The graph of one forward drawn pair by pair: (graph (B, H, L, L) bool, sum of p over the allowed pairs, allowed
+    edges, all edges). Edge (i, j) is drawn with probability p_ij (training; a hash of (seed, i, j) is its uniform, so
+    the draw does not depend on the thread count) or where p_ij >= 0.5 (eval), on allowed pairs only, and every query
+    keeps its self-edge. Rows are drawn a block at a time (``_pieces``: O(L * 128) floats live, the causal upper
+    triangle never computed), on the CPU by ``csrc/sbm_sample.cpp``, elsewhere by the same hash in torch operators."""
+    batch, heads, length, _ = yb.shape
+    graph = torch.zeros(batch, heads, length, length, dtype=torch.bool, device=yb.device)
+    ys, zs, graphs = _flat(yb.contiguous()), _flat(z.contiguous()), _flat(graph)
+    padded = _padded(valid)
+    draw = _draw_rows_reference
+    if yb.dtype == torch.float32 and (kernel := _fused_cpu.usable(yb)) is not None:
+        draw = kernel.sbm_draw_rows
+    p_sum, kept, edges = 0.0, 0, 0
+    for n, r0, r1, c1 in _pieces(yb, causal):
+        p = torch.matmul(ys[n, r0:r1], zs[n, :c1].transpose(-1, -2)).neg_().expm1_().neg_()  # 1 - exp(-rate)
+        seq_valid = valid[n // heads].contiguous() if padded[n // heads] else None
+        piece = draw(p.float().contiguous(), graphs[n], r0, n * length + r0, seq_valid, causal, training, seed)
+        p_sum, kept, edges = p_sum + piece[0], kept + int(piece[1]), edges + int(piece[2])
+    return graph, p_sum, kept, edges
+
+
+_MASK32 = 0xFFFFFFFF
+
+
+def _mul32(x: torch.Tensor, c: int) -> torch.Tensor:
+    """(x * c) mod 2^32 for 32-bit values held in int64, in two 16-bit halves so no product leaves int64."""
+    return (x * (c & 0xFFFF) + (((x * (c >> 16)) & 0xFFFF) << 16)) & _MASK32
+
+
+def _mix32(x: torch.Tensor) -> torch.Tensor:
+    """The 32-bit integer hash of ``csrc/sbm_sample.cpp`` (two multiply-xorshift rounds), on int64 tensors."""
+    x = x ^ (x >> 16)
+    x = _mul32(x, 0x7FEB352D)
+    x = x ^ (x >> 15)
+    x = _mul32(x, 0x846CA68B)
+    return x ^ (x >> 16)
+
+
+def uniforms(seed: int, rows: torch.Tensor, cols: int) -> torch.Tensor:
+    """(len(rows), cols) float32 uniforms in [0, 1) of the pairs (row, j): global row indices ``rows``
+    (sequence * L + query), the same bits as the CPU kernel."""
+    rows = rows.to(torch.int64)
+    low = _mix32((seed & _MASK32) ^ (rows & _MASK32))
+    key = _mix32(low ^ ((seed >> 32) & _MASK32) ^ _mul32(rows >> 32, 0x85EBCA6B))
+    j = torch.arange(cols, dtype=torch.int64, device=rows.device)
+    x = _mix32((key[:, None] + _mul32(j, 0x9E3779B9)[None, :]) & _MASK32)
+    return (x >> 8).to(torch.float32) * 2.0**-24
+
+
+def _draw_rows_reference(p, graph, row0, global_row0, valid, causal, training, seed) -> list[float]:
+    """``csrc/sbm_sample.cpp`` in torch operators: rows [row0, row0 + len(p)) of one sequence's ``graph`` (its self-
+    edges lie inside the piece's columns, as ``_pieces`` makes them). Returns [p sum, allowed edges, all edges]."""
+    rows, cols = p.shape
+    r = torch.arange(row0, row0 + rows, device=p.device)
+    if causal:
+        allowed = torch.arange(cols, device=p.device)[None, :] <= r[:, None]
+    else:
+        allowed = torch.ones(rows, cols, dtype=torch.bool, device=p.device)
+    if valid is not None:
+        allowed = allowed & valid[row0 : row0 + rows, None] & valid[None, :cols]
+    drawn = uniforms(seed, r + (global_row0 - row0), cols) < p if training else p >= 0.5
+    piece = graph[row0 : row0 + rows, :cols]
+    piece.copy_(drawn & allowed)
+    piece[torch.arange(rows, device=p.device), r] = True  # every query keeps its self-edge
+    p_sum = float(p.double().masked_fill(~allowed, 0.0).sum())
+    return [p_sum, float(int((piece & allowed).count_nonzero())), float(int(piece.count_nonzero()))]
 
 
 def _edge_attention(q, k, v, yb, z, edges, carries) -> torch.Tensor:

@@ -19,3 +19,8 @@ std::vector<torch::Tensor> log_sinkhorn_forward(torch::Tensor x, int64_t steps, 
                                                 bool causal, bool record);
 torch::Tensor log_sinkhorn_backward(torch::Tensor grad, torch::Tensor trace, torch::Tensor prefix,
                                     c10::optional<torch::Tensor> mask, bool causal);
+
+// sbm_sample.cpp: SBM's attention graph, drawn for a block of query rows of one sequence (counter-based uniforms).
+// Returns {sum of p over allowed pairs, allowed edges, all edges}.
+std::vector<double> sbm_draw_rows(torch::Tensor p, torch::Tensor graph, int64_t row0, int64_t global_row0,
+                                  c10::optional<torch::Tensor> valid, bool causal, bool training, int64_t seed);

@@ -79,6 +79,8 @@ def test_eval_is_attention_on_the_most_likely_graph(causal, padded, length):
 
 @pytest.mark.parametrize("causal", [False, True])
 def test_training_attends_on_a_bernoulli_sample(causal):
+    """Training draws edge (i, j) where the uniform of (seed, i, j) is below p_ij (``sbm.uniforms``, a hash, so any
+    thread count gives the same graph), with its seed from torch's generator."""
     attn = make(causal).train()
     q, k, v = qkv(20)
     mask = padding(20, True)
@@ -86,11 +88,89 @@ def test_training_attends_on_a_bernoulli_sample(causal):
     torch.manual_seed(5)
     y = attn(q, k, v, padding_mask=mask)
     torch.manual_seed(5)
-    graph = with_self((torch.bernoulli(p.detach()) > 0) & allowed)  # the plugin draws its graph with this one call
+    u = sbm.uniforms(sbm.draw_seed(), torch.arange(2 * HEADS * 20), 20).view(2, HEADS, 20, 20)
+    graph = with_self((u < p.detach()) & allowed)
     real = mask[:, None, :, None].expand_as(q)
     torch.testing.assert_close(y[real], graph_attention(q, k, v, p, graph)[real])
     fraction = (graph & allowed).sum() / (allowed.sum() * HEADS)
     assert attn.trial_metrics()["edge_fraction"] == pytest.approx(float(fraction))
+
+
+def memberships(length: int, scale: float = 0.6, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(2, HEADS, length, 3, generator=g) * scale, torch.rand(2, HEADS, length, 3, generator=g) * scale
+
+
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("padded", [False, True])
+def test_cpu_kernel_draws_the_reference_graph_bit_for_bit_on_any_thread_count(training, causal, padded, monkeypatch):
+    """csrc/sbm_sample.cpp against the same draw in torch operators (the path off the CPU): the same graph, the same
+    edge counts and p sum, over several row blocks (L = 300), and the same graph on one thread as on two."""
+    from attentions import _fused_cpu
+
+    if _fused_cpu.usable(torch.zeros(1)) is None:
+        pytest.skip("the CPU kernels are off or cannot be built here")
+    yb, z = memberships(300, scale=1.0)
+    valid = padding(300, padded)
+    kernel = sbm.dense_graph(yb, z, valid, causal, training, seed=12345)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one_thread = sbm.dense_graph(yb, z, valid, causal, training, seed=12345)
+    finally:
+        torch.set_num_threads(threads)
+    monkeypatch.setattr(_fused_cpu, "usable", lambda x: None)
+    reference = sbm.dense_graph(yb, z, valid, causal, training, seed=12345)
+    assert torch.equal(kernel[0], reference[0]) and torch.equal(kernel[0], one_thread[0])
+    assert kernel[2:] == reference[2:]
+    assert kernel[1] == pytest.approx(reference[1], rel=1e-12)
+    p = 1 - torch.exp(-(yb @ z.transpose(-1, -2)))
+    assert 0.05 < kernel[0].float().mean() < 0.95  # a graph neither empty nor full
+    assert torch.equal(sbm.dense_graph(yb, z, valid, causal, training, seed=12345)[0], kernel[0])  # deterministic
+    if training:
+        assert not torch.equal(sbm.dense_graph(yb, z, valid, causal, training, seed=54321)[0], kernel[0])
+    else:
+        allowed = (valid[:, :, None] & valid[:, None, :])[:, None] & (
+            torch.ones(300, 300, dtype=torch.bool).tril() if causal else True
+        )
+        assert torch.equal(kernel[0], with_self((p >= 0.5) & allowed))
+
+
+@pytest.mark.parametrize("path", ["kernel", "torch"])
+@pytest.mark.parametrize("causal", [False, True])
+def test_dense_draw_gives_each_edge_independently_its_probability(path, causal, monkeypatch):
+    """Edge frequencies over 4,000 seeds match p_ij on allowed pairs (within 5 standard errors), disallowed pairs never
+    appear, self-edges always do, and two edges of one row, and one edge of neighbouring rows, are independent."""
+    from attentions import _fused_cpu
+
+    if path == "torch":
+        monkeypatch.setattr(_fused_cpu, "usable", lambda x: None)
+    elif _fused_cpu.usable(torch.zeros(1)) is None:
+        pytest.skip("the CPU kernels are off or cannot be built here")
+    yb, z = memberships(6)
+    valid = padding(6, False)
+    valid[0, 5] = False
+    p = 1 - torch.exp(-(yb @ z.transpose(-1, -2)))
+    allowed = (valid[:, :, None] & valid[:, None, :])[:, None].expand_as(p)
+    if causal:
+        allowed = allowed & torch.ones(6, 6, dtype=torch.bool).tril()
+    draws, counts, row_pair, column_pair = 4000, torch.zeros_like(p), 0, 0
+    torch.manual_seed(1)
+    for _ in range(draws):
+        graph = sbm.dense_graph(yb, z, valid, causal, True, sbm.draw_seed())[0]
+        counts += graph
+        row_pair += bool(graph[0, 0, 2, 0] and graph[0, 0, 2, 1])
+        column_pair += bool(graph[0, 0, 2, 0] and graph[0, 0, 3, 0])
+    freq = counts / draws
+    eye = torch.eye(6, dtype=torch.bool).expand_as(p)
+    assert (freq[eye] == 1).all() and (freq[~allowed & ~eye] == 0).all()
+    off = allowed & ~eye
+    error = (freq[off] - p[off]).abs() / (p[off] * (1 - p[off]) / draws).sqrt()
+    assert error.max() < 5, f"largest deviation {error.max():.1f} standard errors"
+    for together, (a, b) in ((row_pair, ((2, 0), (2, 1))), (column_pair, ((2, 0), (3, 0)))):
+        joint = p[0, 0][a] * p[0, 0][b]
+        assert abs(together / draws - joint) < 5 * math.sqrt(joint * (1 - joint) / draws)
 
 
 def test_sampled_graph_changes_in_training_not_in_eval():
