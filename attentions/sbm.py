@@ -171,20 +171,31 @@ def dense_graph(
     """The graph of one forward drawn pair by pair: (graph (B, H, L, L) bool, sum of p over the allowed pairs, allowed
     edges, all edges). Edge (i, j) is drawn with probability p_ij (training; a hash of (seed, i, j) is its uniform, so
     the draw does not depend on the thread count) or where p_ij >= 0.5 (eval), on allowed pairs only, and every query
-    keeps its self-edge. Rows are drawn a block at a time (``_pieces``: O(L * 128) floats live, the causal upper
-    triangle never computed), on the CPU by ``csrc/sbm_sample.cpp``, elsewhere by the same hash in torch operators."""
+    keeps its self-edge. Rows are drawn a block at a time (O(L * 128) floats live per sequence, the causal upper
+    triangle never computed): on the CPU by ``csrc/sbm_sample.cpp``, one sequence at a time (``_pieces``); elsewhere
+    by the same hash in torch operators, every sequence of a row block at once, with one host sync in all."""
     batch, heads, length, _ = yb.shape
     graph = torch.zeros(batch, heads, length, length, dtype=torch.bool, device=yb.device)
     ys, zs, graphs = _flat(yb.contiguous()), _flat(z.contiguous()), _flat(graph)
     padded = _padded(valid)
-    draw = _draw_rows_reference
-    if yb.dtype == torch.float32 and (kernel := _fused_cpu.usable(yb)) is not None:
-        draw = kernel.sbm_draw_rows
+    kernel = _fused_cpu.usable(yb) if yb.dtype == torch.float32 else None
+    if kernel is None:
+        seq_valid = valid.repeat_interleave(heads, dim=0) if any(padded) else None  # (B * H, L)
+        totals = torch.zeros(3, dtype=torch.float64, device=yb.device)
+        for r0, r1, c1 in _row_blocks(length, causal):
+            step = max(1, _REFERENCE_BLOCK // ((r1 - r0) * c1))  # sequences at once: int64 temporaries of 128 MiB
+            for n0 in range(0, ys.shape[0], step):
+                n = slice(n0, n0 + step)
+                p = torch.matmul(ys[n, r0:r1], zs[n, :c1].transpose(-1, -2)).neg_().expm1_().neg_()  # 1 - exp(-rate)
+                valid_n = None if seq_valid is None else seq_valid[n]
+                totals += _draw_rows_reference(p.float(), graphs[n], n0 * length, r0, valid_n, causal, training, seed)
+        p_sum, kept, edges = totals.tolist()
+        return graph, p_sum, int(kept), int(edges)
     p_sum, kept, edges = 0.0, 0, 0
     for n, r0, r1, c1 in _pieces(yb, causal):
-        p = torch.matmul(ys[n, r0:r1], zs[n, :c1].transpose(-1, -2)).neg_().expm1_().neg_()  # 1 - exp(-rate)
+        p = torch.matmul(ys[n, r0:r1], zs[n, :c1].transpose(-1, -2)).neg_().expm1_().neg_()
         seq_valid = valid[n // heads].contiguous() if padded[n // heads] else None
-        piece = draw(p.float().contiguous(), graphs[n], r0, n * length + r0, seq_valid, causal, training, seed)
+        piece = kernel.sbm_draw_rows(p.contiguous(), graphs[n], r0, n * length + r0, seq_valid, causal, training, seed)
         p_sum, kept, edges = p_sum + piece[0], kept + int(piece[1]), edges + int(piece[2])
     return graph, p_sum, kept, edges
 
@@ -217,23 +228,38 @@ def uniforms(seed: int, rows: torch.Tensor, cols: int) -> torch.Tensor:
     return (x >> 8).to(torch.float32) * 2.0**-24
 
 
-def _draw_rows_reference(p, graph, row0, global_row0, valid, causal, training, seed) -> list[float]:
-    """``csrc/sbm_sample.cpp`` in torch operators: rows [row0, row0 + len(p)) of one sequence's ``graph`` (its self-
-    edges lie inside the piece's columns, as ``_pieces`` makes them). Returns [p sum, allowed edges, all edges]."""
-    rows, cols = p.shape
+_REFERENCE_BLOCK = 2**24  # pairs drawn at once by the torch-operator draw
+
+
+def _draw_rows_reference(p, graphs, first_row, row0, valid, causal, training, seed) -> torch.Tensor:
+    """``csrc/sbm_sample.cpp`` in torch operators, for several sequences at once: rows [row0, row0 + p.shape[1]) of
+    ``graphs`` (N, L, L) from ``p`` (N, rows, cols), whose self-edges lie inside the piece's columns (as
+    ``_row_blocks`` makes them); ``first_row`` is the global row index of the first sequence's row 0, and ``valid``
+    (N, L) or None. Returns [p sum, allowed edges, all edges] on the device."""
+    sequences, rows, cols = p.shape
+    length = graphs.shape[-1]
     r = torch.arange(row0, row0 + rows, device=p.device)
     if causal:
-        allowed = torch.arange(cols, device=p.device)[None, :] <= r[:, None]
+        allowed = (torch.arange(cols, device=p.device)[None, :] <= r[:, None]).expand(sequences, -1, -1)
     else:
-        allowed = torch.ones(rows, cols, dtype=torch.bool, device=p.device)
+        allowed = torch.ones(sequences, rows, cols, dtype=torch.bool, device=p.device)
     if valid is not None:
-        allowed = allowed & valid[row0 : row0 + rows, None] & valid[None, :cols]
-    drawn = uniforms(seed, r + (global_row0 - row0), cols) < p if training else p >= 0.5
-    piece = graph[row0 : row0 + rows, :cols]
+        allowed = allowed & valid[:, row0 : row0 + rows, None] & valid[:, None, :cols]
+    if training:
+        global_rows = (first_row + torch.arange(sequences, device=p.device)[:, None] * length + r[None, :]).flatten()
+        drawn = uniforms(seed, global_rows, cols).view(sequences, rows, cols) < p
+    else:
+        drawn = p >= 0.5
+    piece = graphs[:, row0 : row0 + rows, :cols]
     piece.copy_(drawn & allowed)
-    piece[torch.arange(rows, device=p.device), r] = True  # every query keeps its self-edge
-    p_sum = float(p.double().masked_fill(~allowed, 0.0).sum())
-    return [p_sum, float(int((piece & allowed).count_nonzero())), float(int(piece.count_nonzero()))]
+    piece[:, torch.arange(rows, device=p.device), r] = True  # every query keeps its self-edge
+    return torch.stack(
+        [
+            p.double().masked_fill(~allowed, 0.0).sum(),
+            (piece & allowed).count_nonzero().double(),
+            piece.count_nonzero().double(),
+        ]
+    )
 
 
 def _edge_attention(q, k, v, yb, z, edges, carries) -> torch.Tensor:
@@ -317,16 +343,23 @@ def _probability(yb: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     return torch.matmul(yb, z.transpose(-1, -2)).neg_().expm1_().neg_()
 
 
+def _row_blocks(length: int, causal: bool):
+    """(r0, r1, c1): blocks of query rows [r0, r1) that see key columns [0, c1), all of them, or only up to r1 when
+    causal (the rest is never allowed, so it is never computed)."""
+    rows = max(128, -(-length // 8))
+    for r0 in range(0, length, rows):
+        r1 = min(r0 + rows, length)
+        yield r0, r1, r1 if causal else length
+
+
 def _pieces(t: torch.Tensor, causal: bool):
     """(n, r0, r1, c1) for every head of every sequence n (flattened (B * H)) and every block of query rows
     [r0, r1): those rows see key columns [0, c1), all of them, or only up to r1 when causal (the rest is never
     allowed, so it is never computed: about half the work). Blocks keep the live L x L-sized floats small."""
     batch, heads, length = t.shape[0], t.shape[1], t.shape[2]
-    rows = max(128, -(-length // 8))
     for n in range(batch * heads):
-        for r0 in range(0, length, rows):
-            r1 = min(r0 + rows, length)
-            yield n, r0, r1, r1 if causal else length
+        for r0, r1, c1 in _row_blocks(length, causal):
+            yield n, r0, r1, c1
 
 
 def _flat(t: torch.Tensor) -> torch.Tensor:

@@ -105,8 +105,9 @@ def memberships(length: int, scale: float = 0.6, seed: int = 0):
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("padded", [False, True])
 def test_cpu_kernel_draws_the_reference_graph_bit_for_bit_on_any_thread_count(training, causal, padded, monkeypatch):
-    """csrc/sbm_sample.cpp against the same draw in torch operators (the path off the CPU): the same graph, the same
-    edge counts and p sum, over several row blocks (L = 300), and the same graph on one thread as on two."""
+    """csrc/sbm_sample.cpp against the same draw in torch operators (the path off the CPU, all sequences of a row block
+    at once or one at a time): the same graph, the same edge counts and p sum, over several row blocks (L = 300), and
+    the same graph on one thread as on two."""
     from attentions import _fused_cpu
 
     if _fused_cpu.usable(torch.zeros(1)) is None:
@@ -122,6 +123,8 @@ def test_cpu_kernel_draws_the_reference_graph_bit_for_bit_on_any_thread_count(tr
         torch.set_num_threads(threads)
     monkeypatch.setattr(_fused_cpu, "usable", lambda x: None)
     reference = sbm.dense_graph(yb, z, valid, causal, training, seed=12345)
+    monkeypatch.setattr(sbm, "_REFERENCE_BLOCK", 1)  # the torch-operator draw one sequence at a time
+    assert torch.equal(sbm.dense_graph(yb, z, valid, causal, training, seed=12345)[0], reference[0])
     assert torch.equal(kernel[0], reference[0]) and torch.equal(kernel[0], one_thread[0])
     assert kernel[2:] == reference[2:]
     assert kernel[1] == pytest.approx(reference[1], rel=1e-12)
