@@ -101,6 +101,36 @@ def memberships(length: int, scale: float = 0.6, seed: int = 0):
     return torch.rand(2, HEADS, length, 3, generator=g) * scale, torch.rand(2, HEADS, length, 3, generator=g) * scale
 
 
+def assert_independent_bernoulli(draw_graph, causal: bool, draws: int = 4000) -> None:
+    """``draw_graph(yb, z, valid)`` -> (B, H, 6, 6) bool, called ``draws`` times on one small block model: edge
+    frequencies match p_ij = 1 - exp(-(YB)_i . Z_j) on allowed pairs (within 5 standard errors), disallowed pairs never
+    appear, self-edges always do, and two edges of one row, and one edge of neighbouring rows, are independent."""
+    yb, z = memberships(6)
+    valid = padding(6, False)
+    valid[0, 5] = False
+    p = 1 - torch.exp(-(yb @ z.transpose(-1, -2)))
+    allowed = (valid[:, :, None] & valid[:, None, :])[:, None].expand_as(p)
+    if causal:
+        allowed = allowed & torch.ones(6, 6, dtype=torch.bool).tril()
+    pairs = (((2, 0), (2, 1)), ((2, 0), (3, 0)))
+    counts, together = torch.zeros_like(p), [0] * len(pairs)
+    torch.manual_seed(1)
+    for _ in range(draws):
+        graph = draw_graph(yb, z, valid)
+        counts += graph
+        for n, (a, b) in enumerate(pairs):
+            together[n] += bool(graph[0, 0][a] and graph[0, 0][b])
+    freq = counts / draws
+    eye = torch.eye(6, dtype=torch.bool).expand_as(p)
+    assert (freq[eye] == 1).all() and (freq[~allowed & ~eye] == 0).all()
+    off = allowed & ~eye
+    error = (freq[off] - p[off]).abs() / (p[off] * (1 - p[off]) / draws).sqrt()
+    assert error.max() < 5, f"largest deviation {error.max():.1f} standard errors"
+    for count, (a, b) in zip(together, pairs, strict=True):
+        joint = p[0, 0][a] * p[0, 0][b]
+        assert abs(count / draws - joint) < 5 * math.sqrt(joint * (1 - joint) / draws), f"edges {a} and {b}"
+
+
 @pytest.mark.parametrize("training", [True, False])
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("padded", [False, True])
@@ -143,37 +173,16 @@ def test_cpu_kernel_draws_the_reference_graph_bit_for_bit_on_any_thread_count(tr
 @pytest.mark.parametrize("path", ["kernel", "torch"])
 @pytest.mark.parametrize("causal", [False, True])
 def test_dense_draw_gives_each_edge_independently_its_probability(path, causal, monkeypatch):
-    """Edge frequencies over 4,000 seeds match p_ij on allowed pairs (within 5 standard errors), disallowed pairs never
-    appear, self-edges always do, and two edges of one row, and one edge of neighbouring rows, are independent."""
+    """The pair-by-pair draw, on the CPU kernel and in torch operators, over 4,000 seeds."""
     from attentions import _fused_cpu
 
     if path == "torch":
         monkeypatch.setattr(_fused_cpu, "usable", lambda x: None)
     elif _fused_cpu.usable(torch.zeros(1)) is None:
         pytest.skip("the CPU kernels are off or cannot be built here")
-    yb, z = memberships(6)
-    valid = padding(6, False)
-    valid[0, 5] = False
-    p = 1 - torch.exp(-(yb @ z.transpose(-1, -2)))
-    allowed = (valid[:, :, None] & valid[:, None, :])[:, None].expand_as(p)
-    if causal:
-        allowed = allowed & torch.ones(6, 6, dtype=torch.bool).tril()
-    draws, counts, row_pair, column_pair = 4000, torch.zeros_like(p), 0, 0
-    torch.manual_seed(1)
-    for _ in range(draws):
-        graph = sbm.dense_graph(yb, z, valid, causal, True, sbm.draw_seed())[0]
-        counts += graph
-        row_pair += bool(graph[0, 0, 2, 0] and graph[0, 0, 2, 1])
-        column_pair += bool(graph[0, 0, 2, 0] and graph[0, 0, 3, 0])
-    freq = counts / draws
-    eye = torch.eye(6, dtype=torch.bool).expand_as(p)
-    assert (freq[eye] == 1).all() and (freq[~allowed & ~eye] == 0).all()
-    off = allowed & ~eye
-    error = (freq[off] - p[off]).abs() / (p[off] * (1 - p[off]) / draws).sqrt()
-    assert error.max() < 5, f"largest deviation {error.max():.1f} standard errors"
-    for together, (a, b) in ((row_pair, ((2, 0), (2, 1))), (column_pair, ((2, 0), (3, 0)))):
-        joint = p[0, 0][a] * p[0, 0][b]
-        assert abs(together / draws - joint) < 5 * math.sqrt(joint * (1 - joint) / draws)
+    assert_independent_bernoulli(
+        lambda yb, z, valid: sbm.dense_graph(yb, z, valid, causal, True, sbm.draw_seed())[0], causal
+    )
 
 
 def test_sampled_graph_changes_in_training_not_in_eval():
@@ -307,35 +316,15 @@ def test_path_follows_the_drawn_graph(monkeypatch):
 
 @pytest.mark.parametrize("causal", [False, True])
 def test_fastrg_draws_each_edge_independently_with_its_probability(causal):
-    """Empirical edge frequencies over many draws match p_ij = 1 - exp(-(YB)_i . Z_j) on allowed pairs (within 5
-    standard errors), disallowed pairs never appear, self-edges always do, and two edges of one row are independent."""
-    g = torch.Generator().manual_seed(0)
-    yb, z = torch.rand(2, HEADS, 6, 3, generator=g) * 0.6, torch.rand(2, HEADS, 6, 3, generator=g) * 0.6
-    valid = padding(6, False)
-    valid[0, 5] = False
-    p = 1 - torch.exp(-(yb @ z.transpose(-1, -2)))
-    allowed = (valid[:, :, None] & valid[:, None, :])[:, None].expand_as(p)
-    if causal:
-        allowed = allowed & torch.ones(6, 6, dtype=torch.bool).tril()
-    draws = 4000
-    counts = torch.zeros_like(p)
-    both = 0  # edges (2, 0) and (2, 1) of sequence 0, head 0, together
-    torch.manual_seed(1)
-    for _ in range(draws):
+    """fastRG's Poisson multigraph, collapsed, is the same independent Bernoulli(p_ij) graph, over 4,000 draws."""
+
+    def draw(yb, z, valid):
         b, h, i, j = sbm.fastrg_edges(yb, z, valid, causal)
-        graph = torch.zeros_like(p, dtype=torch.bool)
+        graph = torch.zeros(*yb.shape[:2], 6, 6, dtype=torch.bool)
         graph[b, h, i, j] = True
-        counts += graph
-        both += bool(graph[0, 0, 2, 0] and graph[0, 0, 2, 1])
-    freq = counts / draws
-    eye = torch.eye(6, dtype=torch.bool).expand_as(p)
-    assert (freq[eye] == 1).all()
-    assert (freq[~allowed & ~eye] == 0).all()
-    off = allowed & ~eye
-    error = (freq[off] - p[off]).abs() / (p[off] * (1 - p[off]) / draws).sqrt()
-    assert error.max() < 5, f"largest deviation {error.max():.1f} standard errors"
-    joint = p[0, 0, 2, 0] * p[0, 0, 2, 1]
-    assert abs(both / draws - joint) < 5 * math.sqrt(joint * (1 - joint) / draws)
+        return graph
+
+    assert_independent_bernoulli(draw, causal)
 
 
 @pytest.mark.parametrize("causal", [False, True])

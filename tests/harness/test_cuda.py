@@ -31,6 +31,25 @@ def qkv(length: int) -> list[torch.Tensor]:
     return [torch.randn(2, HEADS, length, DIM, generator=g) for _ in range(3)]
 
 
+def sort_trial(train: dict, **model) -> dict:
+    """The config of a small sinkhorn sort trial on one GPU; ``train`` and ``model`` override the defaults."""
+    spec = tasks.build("sort", scale="smoke").spec
+    defaults = dict(steps=16, batch_size=8, lr=1e-3, warmup=0, weight_decay=0.0, grad_clip=1.0, eval_batch_size=64)
+    defaults |= dict(eval_every=0, checkpoint_every=0, select="last", keep_checkpoints=False, deepspeed={})
+    return Trial(
+        grid="cuda",
+        task="sort",
+        task_params={"train_size": 256, "test_size": 16},
+        scale="smoke",
+        seed=0,
+        attention="sinkhorn",
+        params={"block_size": 4},
+        model={**dataclasses.asdict(spec.model), **model},
+        train=defaults | train,
+        resources=dict(cpus=1, gpus=1, workers=1, max_retries=0),
+    ).config()
+
+
 class Crash(Exception):
     pass
 
@@ -94,21 +113,9 @@ def test_no_causal_leak_on_cuda(name):
 def test_trial_on_cuda_checkpoints_and_resumes(tmp_path):
     from harness.trainer import run_trial
 
-    spec = tasks.build("sort", scale="smoke").spec
-    train = dict(steps=16, batch_size=8, lr=1e-3, warmup=0, weight_decay=0.0, grad_clip=1.0, eval_batch_size=64)
-    train |= dict(eval_every=4, checkpoint_every=4, select="best", keep_checkpoints=False, deepspeed={})
-    config = Trial(
-        grid="cuda",
-        task="sort",
-        task_params={"train_size": 256, "test_size": 16},
-        scale="smoke",
-        seed=0,
-        attention="sinkhorn",
-        params={"block_size": 4},
-        model={**dataclasses.asdict(spec.model), "dropout": 0.1},
-        train=train,
-        resources=dict(cpus=1, gpus=1, workers=1, max_retries=0),
-    ).config()
+    config = sort_trial(
+        dict(steps=16, eval_every=4, checkpoint_every=4, select="best"), dropout=0.1
+    )  # dropout: the resume must restore the CUDA generator too
 
     def crash_at_12(report):
         if report["step"] == 12:
@@ -158,21 +165,7 @@ def test_compiled_lm_matches_eager_on_cuda(name, monkeypatch):
 def test_compiled_trial_trains_on_cuda_in_bf16_over_nccl():
     from harness.running.trainer import run_trial
 
-    spec = tasks.build("sort", scale="smoke").spec
-    train = dict(steps=12, batch_size=8, lr=1e-3, warmup=0, weight_decay=0.0, grad_clip=1.0, eval_batch_size=64)
-    train |= dict(eval_every=0, checkpoint_every=0, select="last", keep_checkpoints=False, deepspeed={}, compile=True)
-    config = Trial(
-        grid="cuda",
-        task="sort",
-        task_params={"train_size": 256, "test_size": 16},
-        scale="smoke",
-        seed=0,
-        attention="sinkhorn",
-        params={"block_size": 4},
-        model=dataclasses.asdict(spec.model),
-        train=train,
-        resources=dict(cpus=1, gpus=1, workers=1, max_retries=0),
-    ).config()
+    config = sort_trial(dict(steps=12, compile=True))
     result = run_trial(config)
     assert result.device == "cuda" and torch.distributed.get_backend() == "nccl"
     assert all(torch.isfinite(torch.tensor(v)) for v in result.final().values())
