@@ -95,3 +95,29 @@ def test_tile_bmm_flops_in_cache_and_from_memory(monkeypatch):
     seen.clear()
     assert bench.tile_bmm_flops(tile=8, count=4, operand_sets=3) > 0
     assert len(set(seen)) == 3 and len(seen) == 50
+
+
+def test_model_table_compares_each_row_with_vanilla_of_its_own_run_and_keeps_compiled_runs_apart(tmp_path):
+    """A later run of a few plugins (with its own, faster vanilla) must not re-scale an earlier run's rows, and a
+    compiled run is a row of its own."""
+    import pandas as pd
+
+    from harness.reporting.efficiency import model_table
+
+    def rows(vanilla: float, **others: float) -> list[dict]:
+        return [
+            {"attention": name, "length": 64, "dtype": "float32", "device": "cpu", "seconds": 1 / speed,
+             "seconds_min": 1 / speed, "steps_per_second": speed, "peak_memory_bytes": 1000}
+            for name, speed in {"vanilla": vanilla, **others}.items()
+        ]  # fmt: skip
+
+    config = {"block_size": 16, "block_plugins": ["local", "sinkhorn"]}
+    bench.store_sweep(tmp_path, rows(10.0, local=20.0, sinkhorn=15.0), {**config, "run": "1"}, model=True)
+    bench.store_sweep(tmp_path, rows(40.0, local=60.0), {**config, "run": "2"}, model=True)  # another machine state
+    compiled = {**config, "run": "3", "model": {"compile": True}}
+    bench.store_sweep(tmp_path, rows(5.0, sinkhorn=10.0), compiled, model=True)
+    table = {(t["label"].split(" ")[0], t["device"]): t["speed"] for t in model_table(pd.read_parquet(tmp_path))}
+    sinkhorn = next(label for label, device in table if label.startswith("Sinkhorn"))
+    assert table[("Local", "cpu")] == "1.50x"  # run 2's local against run 2's vanilla
+    assert table[(sinkhorn, "cpu")] == "1.50x"  # run 1's sinkhorn against run 1's vanilla, not run 2's (0.38x)
+    assert table[(sinkhorn, "cpu, compiled")] == "2.00x" and table[("Transformer", "cpu, compiled")] == "1.00x"
