@@ -446,8 +446,7 @@ def parser() -> argparse.ArgumentParser:
     sweep.add_argument(
         "--compile",
         action="store_true",
-        help="with --model: torch.compile every model first (not timed); on a GPU it fuses the block plugins' small "
-        "operators",
+        help="with --model: torch.compile every model first (the compile is not timed) and store the run apart",
     )
     sweep.add_argument("--batch", type=int, default=1, help="sequences per step (default: %(default)s)")
     sweep.add_argument(

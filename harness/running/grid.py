@@ -63,8 +63,8 @@ class TrainConfig(_Strict):
     deepspeed: dict[str, Any] = Field(default_factory=dict, description="merged into the DeepSpeed config")
     compile: bool = Field(
         False,
-        description="torch.compile the model (static shapes): fuses the many small operators of the block plugins, "
-        "which bound their speed on a GPU; the first steps and each new eval shape pay the compile",
+        description="torch.compile the model (static shapes) to fuse small operators; each new shape pays a compile, "
+        "and at batch 1 on an H200 it sped sinkhorn up 1.12x but slowed vanilla and local (README)",
     )
 
     @model_validator(mode="after")
