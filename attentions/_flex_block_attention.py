@@ -20,6 +20,8 @@ import os
 import torch
 from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex_attention
 
+from attentions._compile import allow_recompiles
+
 
 def enabled(x: torch.Tensor) -> bool:
     """The FlexAttention path applies to (B, H, ..., D) tensors like ``x``: on CUDA, not switched off, and with a head
@@ -36,9 +38,8 @@ def enabled(x: torch.Tensor) -> bool:
 @functools.cache
 def _compiled_flex():
     """flex_attention is only fused when compiled; one compiled callable serves every shape, and each shape compiles
-    once. Past dynamo's recompile limit a shape would silently run the unfused reference, so the limit is raised."""
-    dynamo = torch._dynamo.config
-    dynamo.recompile_limit = max(dynamo.recompile_limit, 64)
+    once (``allow_recompiles``: past dynamo's limit a shape would silently run the unfused reference)."""
+    allow_recompiles()
     return torch.compile(flex_attention, dynamic=False)
 
 

@@ -39,6 +39,7 @@ Parameters: ``clusters`` (block-model clusters per head), ``density`` (weight of
 
 from __future__ import annotations
 
+import functools
 from typing import ClassVar
 
 import torch
@@ -165,39 +166,32 @@ def draw_seed() -> int:
     return int(torch.randint(0, 2**62, (), dtype=torch.int64))
 
 
+@torch.compiler.disable  # host-driven (row blocks, one host sync) and calls the CPU kernel: nothing for dynamo
 def dense_graph(
     yb: torch.Tensor, z: torch.Tensor, valid: torch.Tensor, causal: bool, training: bool, seed: int
 ) -> tuple[torch.Tensor, float, int, int]:
     """The graph of one forward drawn pair by pair: (graph (B, H, L, L) bool, sum of p over the allowed pairs, allowed
     edges, all edges). Edge (i, j) is drawn with probability p_ij (training; a hash of (seed, i, j) is its uniform, so
     the draw does not depend on the thread count) or where p_ij >= 0.5 (eval), on allowed pairs only, and every query
-    keeps its self-edge. Rows are drawn a block at a time (O(L * 128) floats live per sequence, the causal upper
-    triangle never computed): on the CPU by ``csrc/sbm_sample.cpp``, one sequence at a time (``_pieces``); elsewhere
-    by the same hash in torch operators, every sequence of a row block at once, with one host sync in all."""
+    keeps its self-edge. Rows are drawn a block at a time (``_row_blocks``: the causal upper triangle is never
+    computed): on the CPU by ``csrc/sbm_sample.cpp``, one sequence at a time (O(L * 128) floats live); elsewhere by the
+    same hash in torch operators, as many sequences at once as fit ``_REFERENCE_BLOCK`` pairs."""
     batch, heads, length, _ = yb.shape
     graph = torch.zeros(batch, heads, length, length, dtype=torch.bool, device=yb.device)
     ys, zs, graphs = _flat(yb.contiguous()), _flat(z.contiguous()), _flat(graph)
-    padded = _padded(valid)
+    seq_valid = None if bool(valid.all()) else valid.repeat_interleave(heads, dim=0)  # (B * H, L)
     kernel = _fused_cpu.usable(yb) if yb.dtype == torch.float32 else None
-    if kernel is None:
-        seq_valid = valid.repeat_interleave(heads, dim=0) if any(padded) else None  # (B * H, L)
-        totals = torch.zeros(3, dtype=torch.float64, device=yb.device)
-        for r0, r1, c1 in _row_blocks(length, causal):
-            step = max(1, _REFERENCE_BLOCK // ((r1 - r0) * c1))  # sequences at once: int64 temporaries of 128 MiB
-            for n0 in range(0, ys.shape[0], step):
-                n = slice(n0, n0 + step)
-                p = torch.matmul(ys[n, r0:r1], zs[n, :c1].transpose(-1, -2)).neg_().expm1_().neg_()  # 1 - exp(-rate)
-                valid_n = None if seq_valid is None else seq_valid[n]
-                totals += _draw_rows_reference(p.float(), graphs[n], n0 * length, r0, valid_n, causal, training, seed)
-        p_sum, kept, edges = totals.tolist()
-        return graph, p_sum, int(kept), int(edges)
-    p_sum, kept, edges = 0.0, 0, 0
-    for n, r0, r1, c1 in _pieces(yb, causal):
-        p = torch.matmul(ys[n, r0:r1], zs[n, :c1].transpose(-1, -2)).neg_().expm1_().neg_()
-        seq_valid = valid[n // heads].contiguous() if padded[n // heads] else None
-        piece = kernel.sbm_draw_rows(p.contiguous(), graphs[n], r0, n * length + r0, seq_valid, causal, training, seed)
-        p_sum, kept, edges = p_sum + piece[0], kept + int(piece[1]), edges + int(piece[2])
-    return graph, p_sum, kept, edges
+    draw = _draw_rows_reference if kernel is None else functools.partial(_draw_rows_kernel, kernel)
+    totals = torch.zeros(3, dtype=torch.float64, device=yb.device)
+    for r0, r1, c1 in _row_blocks(length, causal):
+        step = 1 if kernel is not None else max(1, _REFERENCE_BLOCK // ((r1 - r0) * c1))
+        for n0 in range(0, ys.shape[0], step):
+            n = slice(n0, n0 + step)
+            p = _probability(ys[n, r0:r1], zs[n, :c1]).float()
+            valid_n = None if seq_valid is None else seq_valid[n]
+            totals += draw(p, graphs[n], n0 * length, r0, valid_n, causal, training, seed)
+    p_sum, kept, edges = totals.tolist()
+    return graph, p_sum, int(kept), int(edges)
 
 
 _MASK32 = 0xFFFFFFFF
@@ -228,7 +222,26 @@ def uniforms(seed: int, rows: torch.Tensor, cols: int) -> torch.Tensor:
     return (x >> 8).to(torch.float32) * 2.0**-24
 
 
-_REFERENCE_BLOCK = 2**24  # pairs drawn at once by the torch-operator draw
+_REFERENCE_BLOCK = 2**24  # pairs drawn at once by the torch-operator draw (int64 temporaries of 128 MiB)
+
+
+def _draw_rows_kernel(kernel, p, graphs, first_row, row0, valid, causal, training, seed) -> torch.Tensor:
+    """``csrc/sbm_sample.cpp`` on each sequence of ``p``: the arguments and the result of ``_draw_rows_reference``."""
+    length = graphs.shape[-1]
+    sums = [
+        kernel.sbm_draw_rows(
+            p[s].contiguous(),
+            graphs[s],
+            row0,
+            first_row + s * length + row0,
+            None if valid is None else valid[s].contiguous(),
+            causal,
+            training,
+            seed,
+        )
+        for s in range(p.shape[0])
+    ]
+    return torch.tensor(sums, dtype=torch.float64).sum(dim=0)
 
 
 def _draw_rows_reference(p, graphs, first_row, row0, valid, causal, training, seed) -> torch.Tensor:
@@ -339,7 +352,8 @@ def fastrg_edges(
 
 
 def _probability(yb: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-    """(B, H, L, L) p = 1 - exp(-Y B Z^T): the chance of at least one edge of the Poisson block model."""
+    """(..., rows, cols) p = 1 - exp(-Y B Z^T) from (..., rows, k) and (..., cols, k): the chance of at least one edge
+    of the Poisson block model."""
     return torch.matmul(yb, z.transpose(-1, -2)).neg_().expm1_().neg_()
 
 

@@ -18,6 +18,7 @@ from torch import nn
 
 import attentions
 from attentions import Attention
+from attentions._compile import allow_recompiles
 from tasks.base import BOS_ID
 
 
@@ -99,16 +100,11 @@ def padding_or_none(mask: torch.Tensor | None) -> torch.Tensor | None:
     return None if mask is None or bool(mask.all()) else mask
 
 
-RECOMPILE_LIMIT = 64
-
-
 def compile_in_place(model: nn.Module) -> nn.Module:
     """``torch.compile`` the model in place (``nn.Module.compile``: its state_dict keys stay as they are, so checkpoints
     and DeepSpeed see the plain module), with static shapes: a trial's lengths are fixed, and the block plugins' shapes
-    decide their graphs. Dynamo's recompile limit is raised so that every eval shape of a trial, and every plugin and
-    length of a benchmark process, is compiled rather than silently run eagerly after the eighth."""
-    dynamo = torch._dynamo.config
-    dynamo.recompile_limit = max(dynamo.recompile_limit, RECOMPILE_LIMIT)
+    decide their graphs (``allow_recompiles``: each of them is compiled, none silently left eager)."""
+    allow_recompiles()
     model.compile(dynamic=False)
     return model
 

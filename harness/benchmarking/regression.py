@@ -108,11 +108,10 @@ def time_regressions(baseline: dict, rows: list[dict[str, Any]]) -> dict[tuple[s
     tolerance = Tolerance(**baseline.get("tolerance", {}))
     ratios = time_ratios(rows)
     problems = {}
-    for row in rows:
+    for row, old in _with_baseline(baseline, rows):
         name, length = row["attention"], row["length"]
-        old = baseline["cases"].get(name, {}).get(str(length))
-        if old is None or name == REFERENCE:
-            continue  # a new plugin or length has nothing to regress from
+        if name == REFERENCE:
+            continue
         ratio, limit = ratios[(name, length)], old["time_ratio"] * tolerance.time_ratio
         if ratio > limit:
             problems[(name, length)] = (
@@ -122,15 +121,21 @@ def time_regressions(baseline: dict, rows: list[dict[str, Any]]) -> dict[tuple[s
     return problems
 
 
+def _with_baseline(baseline: dict, rows: list[dict[str, Any]]):
+    """(row, its baseline case) for every measured case the baseline holds; a new plugin or length has nothing to
+    regress from."""
+    for row in rows:
+        old = baseline["cases"].get(row["attention"], {}).get(str(row["length"]))
+        if old is not None:
+            yield row, old
+
+
 def memory_regressions(baseline: dict, rows: list[dict[str, Any]]) -> list[str]:
     """One message per case whose peak memory or saved activations exceed the baseline's bytes plus tolerance."""
     tolerance = Tolerance(**baseline.get("tolerance", {}))
     problems = []
-    for row in rows:
+    for row, old in _with_baseline(baseline, rows):
         name, length = row["attention"], row["length"]
-        old = baseline["cases"].get(name, {}).get(str(length))
-        if old is None:
-            continue
         for field, label in (("peak_memory_bytes", "peak memory"), ("saved_bytes", "saved for backward")):
             if field not in old or field not in row:
                 continue
