@@ -95,7 +95,17 @@ class Claim(_Strict):
         return [self.a, self.b]  # type: ignore[list-item]
 
 
+class Section(_Strict):
+    """A part of the study's documentation page: the protocol prose, and the claims (by id prefix) it tabulates."""
+
+    title: str
+    claims: list[str] = Field(min_length=1, description="id prefixes: `table1` takes table1.local-worst, ...")
+    text: str = ""
+
+
 class ClaimsFile(_Strict):
+    intro: str = ""
+    sections: list[Section] = []
     arms: dict[str, Arm] = Field(min_length=1)
     claims: list[Claim] = Field(min_length=1)
 
