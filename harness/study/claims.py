@@ -56,7 +56,7 @@ class Claim(_Strict):
     source: str = Field(description="where the paper states it: Table 1, Figure 3, ...")
     sentence: str
     paper: dict[str, float | str] = Field({}, description="the paper's values, as it prints them, by its row names")
-    protocol: list[str] = Field(min_length=1, description="grid files under harness/grids/replication, no suffix")
+    protocol: list[str] = Field(min_length=1, description="grids: names under harness/grids/replication, or paths")
     metric: Literal[METRICS]  # type: ignore[valid-type]
     split: str = "test"
     step: int | None = Field(None, description="read the periodic row of this step (split val) instead of the final")
@@ -112,8 +112,9 @@ class ClaimsFile(_Strict):
 
 @cache
 def protocol_grid(name: str) -> Grid:
-    """A protocol's grid (name and seeds), read from harness/grids/replication/NAME.yaml."""
-    path = PROTOCOL_DIR / f"{name}.yaml"
+    """A protocol's grid (name and seeds), read from harness/grids/replication/NAME.yaml (or NAME itself when it is
+    a path ending in .yaml)."""
+    path = Path(name) if name.endswith((".yaml", ".yml")) else PROTOCOL_DIR / f"{name}.yaml"
     if not path.exists():
         raise ClaimsError(f"protocol {name}: no grid file {path}")
     try:
@@ -127,8 +128,8 @@ def _where(data: dict[str, Any], loc: tuple[Any, ...]) -> str:
     if len(loc) >= 2 and loc[0] == "claims" and isinstance(loc[1], int):
         claims = data.get("claims") or []
         ident = claims[loc[1]].get("id", "?") if loc[1] < len(claims) and isinstance(claims[loc[1]], dict) else "?"
-        rest = ".".join(str(p) for p in loc[2:] if not str(p).startswith("function-")) or "(record)"
-        return f"claim {ident} (claims[{loc[1]}]): {rest}"
+        rest = ".".join(str(p) for p in loc[2:] if not str(p).startswith("function-"))
+        return f"claim {ident} (claims[{loc[1]}])" + (f": {rest}" if rest else "")
     return ".".join(str(p) for p in loc) or "(top level)"
 
 
@@ -146,7 +147,9 @@ def load_claims(path: str | Path = CLAIMS_FILE) -> ClaimsFile:
     try:
         parsed = ClaimsFile.model_validate(data)
     except ValidationError as exc:
-        problems = "; ".join(f"{_where(data, tuple(e['loc']))}: {e['msg']}" for e in exc.errors())
+        problems = "; ".join(
+            f"{_where(data, tuple(e['loc']))}: {e['msg'].removeprefix('Value error, ')}" for e in exc.errors()
+        )
         raise ClaimsError(f"{path}: {problems}") from None
     seen: set[str] = set()
     for claim in parsed.claims:

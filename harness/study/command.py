@@ -29,10 +29,11 @@ def run(
     claims_file: str | Path = CLAIMS_FILE,
     form: str = "markdown",
     check: str | Path | None = None,
-    out: TextIO = sys.stdout,
-    err: TextIO = sys.stderr,
+    out: TextIO | None = None,
+    err: TextIO | None = None,
 ) -> int:
     """Print the table to ``out``; with ``check``, list the claims whose verdict differs on ``err`` and return 1."""
+    out, err = out or sys.stdout, err or sys.stderr
     computed = compute(results, claims_file)
     out.write(csv_text(computed) if form == "csv" else markdown(computed))
     if check is None:

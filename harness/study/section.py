@@ -99,11 +99,11 @@ def strip_figure(strips: list[tuple[str, list[dict]]]) -> dict | None:
     }
 
 
-def claims_section(frame: pd.DataFrame, claims_file: str | Path = CLAIMS_FILE) -> dict | None:
+def claims_section(frame: pd.DataFrame, claims_file: str | Path | None = None) -> dict | None:
     """The section, or None when the store holds no trial of any claim's protocol."""
     if frame.empty or "grid" not in frame:
         return None
-    claims: ClaimsFile = load_claims(claims_file)
+    claims: ClaimsFile = load_claims(CLAIMS_FILE if claims_file is None else claims_file)
     stored = set(frame["grid"].dropna())
     relevant = [c for c in claims.claims if {protocol_grid(p).name for p in c.protocol} & stored]
     if not relevant:
