@@ -14,7 +14,7 @@ import pandas as pd
 
 from harness.reporting.labels import attention_label, fmt
 from harness.store import ResultStore
-from harness.study.claims import CLAIMS_FILE, STUDY_DIR, STUDY_RESULTS, ClaimsFile, load_claims, protocol_grid
+from harness.study.claims import CLAIMS_FILE, STUDY_DIR, STUDY_RESULTS, ClaimsFile, load_claims
 from harness.study.render import where
 from harness.study.verdicts import (
     HOLDS,
@@ -72,23 +72,16 @@ def _along(claim_id: str, points: list[dict]) -> str | None:
     return f"`{claim_id}`: {verdicts[-1]} from step {points[start]['step']:,} on (before: {before})"
 
 
-def _protocol_facts(frame: pd.DataFrame, protocols: list[str]) -> str:
-    """How many trials each protocol stored and how long they trained, from the store."""
-    by_grid: dict[str, list[str]] = {}
-    for name in protocols:
-        by_grid.setdefault(protocol_grid(name).name, []).append(name)
-    parts = []
-    for grid_name, files in by_grid.items():
-        seeds = sorted({seed for name in files for seed in protocol_grid(name).seeds})
-        stored = frame[(frame["grid"] == grid_name) & frame["seed"].isin(seeds)].drop_duplicates("trial_id")
-        named = ", ".join(f"`{name}.yaml`" for name in files)
-        if stored.empty:
-            parts.append(f"grid `{grid_name}` ({named}): no trials stored yet")
-            continue
-        minutes = stored["train_seconds"].dropna() / 60
-        span = f", {minutes.min():.1f}-{minutes.max():.1f} min of training each" if len(minutes) else ""
-        parts.append(f"grid `{grid_name}` ({named}): {len(stored)} trials stored over seeds {seeds}{span}")
-    return "Stored: " + "; ".join(parts) + "."
+def _protocol_facts(frame: pd.DataFrame, results: list[ClaimResult]) -> str:
+    """Which grids the section's claims read, how many stored trials feed them and how long those trained."""
+    files = list(dict.fromkeys(p for r in results for p in r.claim.protocol))
+    fed = {t["id"] for r in results for arm in r.arms for t in arm.trials}
+    minutes = frame[frame["trial_id"].isin(fed)].drop_duplicates("trial_id")["train_seconds"].dropna() / 60
+    grids = ", ".join(f"`{name}.yaml`" for name in files)
+    if not fed:
+        return f"Grids: {grids}; no trials stored yet."
+    span = f", {minutes.min():.1f}-{minutes.max():.1f} min of training each (one core)" if len(minutes) else ""
+    return f"Grids: {grids}; {len(fed)} stored trials feed these claims{span}."
 
 
 def _gpu_section(frame: pd.DataFrame) -> list[str]:
@@ -154,8 +147,7 @@ def render(claims: ClaimsFile, frame: pd.DataFrame, gpu: pd.DataFrame | None = N
         chosen = [r for r in results if r.claim.id.split(".")[0] in section.claims]
         if not chosen:
             continue
-        protocols = list(dict.fromkeys(p for r in chosen for p in r.claim.protocol))
-        lines += [f"## {section.title}", "", section.text.strip(), "", _protocol_facts(frame, protocols), ""]
+        lines += [f"## {section.title}", "", section.text.strip(), "", _protocol_facts(frame, chosen), ""]
         lines += _claim_table(chosen)
         along = [_along(r.claim.id, along_training(r.claim, claims, frame, trials)) for r in chosen]
         along = [a for a in along if a]
