@@ -84,3 +84,5 @@ replicate: install
 		$(VENV)/bin/attnbench run harness/grids/replication/$$grid.yaml --results $(STUDY) || [ $$? -eq 1 ] || exit 2; \
 	done
 	$(VENV)/bin/attnbench report --results $(STUDY) --out reports/replication.html
+	$(VENV)/bin/python -m harness.study.page docs/replication.md --results $(STUDY)
+	$(VENV)/bin/attnbench claims --results $(STUDY)
