@@ -7,6 +7,7 @@ the claim and the field, before any verdict is computed.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import Any, Literal
@@ -14,13 +15,11 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from harness.running.grid import GRIDS_DIR, Grid, GridError, load
-
 STUDY_DIR = Path(__file__).parent
 CLAIMS_FILE = STUDY_DIR / "claims.yaml"
 EXPECTED_FILE = STUDY_DIR / "expected_verdicts.yaml"
 STUDY_RESULTS = STUDY_DIR / "results" / "replication"
-PROTOCOL_DIR = GRIDS_DIR / "replication"
+PROTOCOL_DIR = STUDY_DIR.parent / "grids" / "replication"
 METRICS = ("accuracy", "exact_match", "edit_distance", "perplexity", "bpc", "bpd", "loss")
 
 
@@ -110,17 +109,39 @@ class ClaimsFile(_Strict):
     claims: list[Claim] = Field(min_length=1)
 
 
-@cache
-def protocol_grid(name: str) -> Grid:
-    """A protocol's grid (name and seeds), read from harness/grids/replication/NAME.yaml (or NAME itself when it is
-    a path ending in .yaml)."""
-    path = Path(name) if name.endswith((".yaml", ".yml")) else PROTOCOL_DIR / f"{name}.yaml"
-    if not path.exists():
-        raise ClaimsError(f"protocol {name}: no grid file {path}")
+@dataclass(frozen=True)
+class Protocol:
+    """What a claim needs of its grid: the name its trials are stored under and the seeds it runs."""
+
+    name: str
+    seeds: tuple[int, ...]
+
+
+def _grid_keys(path: Path, chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A grid file's top-level keys with its ``include:`` chain applied (the later file wins), read without the
+    harness's grid module so that claims and reports never load torch."""
+    if path.resolve() in chain or not path.exists():
+        raise ClaimsError(f"{path}: " + ("include cycle" if path.exists() else "no such grid file"))
     try:
-        return load(path)
-    except GridError as exc:
-        raise ClaimsError(f"protocol {name}: {exc}") from None
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ClaimsError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ClaimsError(f"{path}: a grid must be a mapping")
+    include = data.pop("include", None)
+    return {**_grid_keys(path.parent / include, (*chain, path.resolve())), **data} if include else data
+
+
+@cache
+def protocol_grid(name: str) -> Protocol:
+    """A protocol's grid name and seeds, from harness/grids/replication/NAME.yaml (or NAME itself when it is a path
+    ending in .yaml)."""
+    path = Path(name) if name.endswith((".yaml", ".yml")) else PROTOCOL_DIR / f"{name}.yaml"
+    data = _grid_keys(path)
+    seeds = data.get("seeds", [0])
+    if not isinstance(seeds, list) or not all(isinstance(s, int) for s in seeds):
+        raise ClaimsError(f"protocol {name}: {path}: seeds: expected a list of integers")
+    return Protocol(name=str(data.get("name", path.stem)), seeds=tuple(seeds))
 
 
 def _where(data: dict[str, Any], loc: tuple[Any, ...]) -> str:
@@ -163,7 +184,7 @@ def load_claims(path: str | Path = CLAIMS_FILE) -> ClaimsFile:
             try:
                 protocol_grid(name)
             except ClaimsError as exc:
-                raise ClaimsError(f"{path}: claim {claim.id}: protocol: {exc}") from None
+                raise ClaimsError(f"{path}: claim {claim.id}: protocol {name}: {exc}") from None
     return parsed
 
 

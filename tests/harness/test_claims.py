@@ -228,3 +228,12 @@ def test_changing_one_stored_value_flips_the_verdict_it_feeds(tmp_path, capsys):
     assert "table4.sinkhorn-beats-local: expected 'holds'" in err
     assert "table4.local-worst: expected 'holds'" in err
     assert "table2." not in err and "table1." not in err  # claims the value does not feed keep their verdicts
+
+
+def test_every_protocol_is_a_valid_grid_read_the_same_way_as_the_harness():
+    from harness.running.grid import load
+    from harness.study.claims import PROTOCOL_DIR, protocol_grid
+
+    for name in {p for c in load_claims().claims for p in c.protocol}:
+        grid = load(PROTOCOL_DIR / f"{name}.yaml")
+        assert (protocol_grid(name).name, list(protocol_grid(name).seeds)) == (grid.name, grid.seeds)
