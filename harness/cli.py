@@ -424,7 +424,7 @@ def parser() -> argparse.ArgumentParser:
         "claims",
         help="the replication study's claims with verdicts computed from a store",
         description="Judge every claim of the study (harness/study/claims.yaml) on a store: the paper, ours with its "
-        "95%% interval and n, and the verdict. --check FILE exits with status 1 when a verdict differs from FILE.",
+        "95% interval and n, and the verdict. --check FILE exits with status 1 when a verdict differs from FILE.",
     )
     claims.add_argument(
         "--results",
@@ -433,7 +433,12 @@ def parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="Parquet store to read (default: the study's store, harness/study/results/replication)",
     )
-    claims.add_argument("--format", choices=["markdown", "csv"], default="markdown", help="(default: %(default)s)")
+    claims.add_argument(
+        "--format",
+        choices=["markdown", "csv"],
+        default="markdown",
+        help="markdown: one row per claim; csv: one row per claim and arm (default: %(default)s)",
+    )
     claims.add_argument(
         "--check", type=Path, default=None, metavar="FILE", help="expected verdicts (YAML: claim id -> verdict)"
     )
