@@ -331,6 +331,15 @@ def _plugins_option(command: argparse.ArgumentParser) -> None:
     )
 
 
+def _claims(args: argparse.Namespace, consoles: Consoles) -> int:
+    from harness.study import command
+    from harness.study.claims import CLAIMS_FILE, STUDY_RESULTS
+
+    return command.run(
+        args.results or STUDY_RESULTS, claims_file=args.claims or CLAIMS_FILE, form=args.format, check=args.check
+    )
+
+
 def _results_option(command: argparse.ArgumentParser, what: str) -> None:
     command.add_argument(
         "--results", type=Path, default=Path("results"), metavar="DIR", help=f"{what} (default: %(default)s)"
@@ -411,6 +420,30 @@ def parser() -> argparse.ArgumentParser:
         help="page to write (default: %(default)s)",
     )
 
+    claims = verbs.add_parser(
+        "claims",
+        help="the replication study's claims with verdicts computed from a store",
+        description="Judge every claim of the study (harness/study/claims.yaml) on a store: the paper, ours with its "
+        "95% interval and n, and the verdict. --check FILE exits with status 1 when a verdict differs from FILE.",
+    )
+    claims.add_argument(
+        "--results",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="Parquet store to read (default: the study's store, harness/study/results/replication)",
+    )
+    claims.add_argument(
+        "--format",
+        choices=["markdown", "csv"],
+        default="markdown",
+        help="markdown: one row per claim; csv: one row per claim and arm (default: %(default)s)",
+    )
+    claims.add_argument(
+        "--check", type=Path, default=None, metavar="FILE", help="expected verdicts (YAML: claim id -> verdict)"
+    )
+    claims.add_argument("--claims", type=Path, default=None, metavar="FILE", help="claims file (default: the study's)")
+
     again = verbs.add_parser(
         "rerun",
         help="re-run a stored trial from its stored config and check that every stored value comes out the same",
@@ -478,7 +511,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     consoles = Consoles(out=Console(), err=Console(stderr=True))
     console = consoles.err
-    handlers = {"run": _run, "list": _list, "report": _report, "bench": _bench, "rerun": _rerun}
+    handlers = {"run": _run, "list": _list, "report": _report, "bench": _bench, "rerun": _rerun, "claims": _claims}
     try:
         return handlers[args.verb](args, consoles)
     except ValueError as exc:  # GridError and every plugin/task validation error
