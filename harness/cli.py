@@ -115,9 +115,7 @@ def _warn_over_memory(trials: list, args: argparse.Namespace, console: Console) 
 
 def _run(args: argparse.Namespace, consoles: Consoles) -> int:
     import attentions
-    from harness.running.grid import load_trials
-
-    from harness.running.grid import override_changes
+    from harness.running.grid import load_trials, override_changes
     from harness.running.overrides import parse as parse_overrides
     from harness.tracking import Mirror
     from harness.tracking import parse as parse_track
@@ -138,18 +136,22 @@ def _run(args: argparse.Namespace, consoles: Consoles) -> int:
     console = consoles.err
     _warn_over_memory(trials, args, console)
     console.print(f"grid [bold]{grid.name}[/bold]: {len(trials)} trials -> {args.results}", soft_wrap=True)
-    summary = run_grid(
-        trials,
-        ResultStore(args.results),
-        address=args.address,
-        max_concurrent=args.max_concurrent,
-        plugin_dirs=args.plugins,
-        console=console,
-        checkpoints=args.checkpoints,
-        progress_every=args.progress_every,
-        stall_after=args.stall_warning,
-        on_stored=Mirror(targets, warn=lambda message: console.print(f"[yellow]{message}", highlight=False)),
-    )
+    mirror = Mirror(targets, warn=lambda message: console.print(f"[yellow]{message}", highlight=False))
+    try:
+        summary = run_grid(
+            trials,
+            ResultStore(args.results),
+            address=args.address,
+            max_concurrent=args.max_concurrent,
+            plugin_dirs=args.plugins,
+            console=console,
+            checkpoints=args.checkpoints,
+            progress_every=args.progress_every,
+            stall_after=args.stall_warning,
+            on_stored=mirror,
+        )
+    finally:
+        mirror.close()
     consoles.out.print(
         f"done in {summary.seconds:.1f}s: {len(summary.ok)} ok, {len(summary.failed)} failed, "
         f"{summary.skipped} already stored; results in {args.results}",

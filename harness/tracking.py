@@ -9,9 +9,10 @@ is kept. Each tracker's own client writes its own format:
 
 * ``tensorboard=DIR``: ``torch.utils.tensorboard.SummaryWriter`` in ``DIR/<trial_id>/`` (config as HParams and as
   text). A trial stored again (a failed one re-run) replaces its folder.
-* ``mlflow=URI``: ``mlflow.MlflowClient`` on a tracking URI (a local folder or ``file:`` URI is a file store,
-  ``sqlite:///runs.db`` or ``http://host:5000`` work too); experiment = the grid's name; a trial stored again
-  replaces its earlier run.
+* ``mlflow=URI``: ``mlflow.MlflowClient`` on a tracking URI: a local folder or ``file:`` URI is MLflow's file store
+  (which MLflow 3 keeps in maintenance mode behind ``MLFLOW_ALLOW_FILE_STORE``, set here unless the environment says
+  otherwise); ``sqlite:///runs.db`` or ``http://host:5000`` work too. Experiment = the grid's name; a trial stored
+  again replaces its earlier run.
 * ``wandb=PROJECT``: ``wandb.init`` in offline mode unless ``WANDB_MODE`` says otherwise (``wandb sync`` uploads
   later); files under ``WANDB_DIR`` (default ``./wandb``); group = the grid's name.
 
@@ -143,6 +144,9 @@ def _mlflow(target: str, rec: TrialRecord) -> None:
     from mlflow import MlflowClient
     from mlflow.entities import Metric, Param
 
+    if "://" not in target or target.startswith("file:"):
+        # MLflow keeps its file store in maintenance mode behind this opt-in; a folder is what works with no server
+        os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
     client = MlflowClient(tracking_uri=target)
     experiment = client.get_experiment_by_name(rec.grid)
     experiment_id = experiment.experiment_id if experiment else client.create_experiment(rec.grid)
@@ -222,3 +226,13 @@ class Mirror:
                     f"--track {target.kind}={target.target}: trial {trial.trial_id} not mirrored "
                     f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); the store has it"
                 )
+
+    def close(self) -> None:
+        """Flush what the trackers' background processes still hold (wandb writes its log from a service)."""
+        if any(target.kind == "wandb" for target in self.targets):
+            try:
+                import wandb
+
+                wandb.teardown()
+            except Exception as exc:
+                self.warn(f"--track wandb: closing: {type(exc).__name__}: {exc}")

