@@ -91,7 +91,7 @@ def test_the_timeout_counts_from_the_start_of_each_attempt_and_fractions_of_a_mi
     start(board, "t")
     watchdog.observe(board.snapshot())
     for at in range(5):
-        clock.advance(0.1)
+        clock.advance(0.09)
         step(board, "t", at)
         assert watchdog.observe(board.snapshot()) == []
     clock.advance(0.1)
