@@ -42,8 +42,8 @@ def test_the_build_name_follows_the_sources_content_not_their_path(tmp_path):
 def test_a_finished_build_is_imported_from_another_checkout_without_building(tmp_path, monkeypatch):
     args = _fused_cpu.build_args()
     folder = kb.build_root() / kb.build_name(**args)
-    if _fused_cpu.kernel() is None or not (folder / kb.BUILT).exists():
-        pytest.skip("the CPU kernels cannot be built here")
+    if not (folder / kb.BUILT).exists():
+        pytest.skip("the CPU kernels are not built here (`make kernel` builds them)")
 
     def no_build(**kwargs):
         raise AssertionError("a finished build must be imported, not built again")
