@@ -330,7 +330,7 @@ def run_grid(
                 for trial_id, reason in watchdog.observe(snapshot):
                     for ref, (trial, _) in in_flight.items():
                         if trial.trial_id == trial_id and ref not in cancelled:
-                            cancelled[ref] = f"{trial.label} {reason}"
+                            cancelled[ref] = reason
                             ray.cancel(ref, force=True)
                 lock.refresh()
     finally:
