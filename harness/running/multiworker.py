@@ -24,22 +24,30 @@ class WorkerLost(RuntimeError):
 
 
 def _worker_failure(exc: Exception) -> Exception:
-    """What a failed ``trainer.fit()`` means for the trial: ``WorkerLost`` when a worker process itself failed Ray
-    Train's health check, else the first worker's own exception (``out_of_memory`` set when it ran out of memory)."""
+    """What a failed ``trainer.fit()`` means for the trial: ``WorkerLost`` when Ray reports a worker process itself
+    failed (dead, or failing Ray Train's health check; its peers' collectives then fail too, which says nothing new),
+    else the workers' own exception (``out_of_memory`` set when one ran out of memory)."""
+    from ray.exceptions import RayError
+
     from harness.running.faults import out_of_memory_kind
 
-    failures = getattr(exc, "worker_failures", None) or {}
-    lost = {rank: error for rank, error in failures.items() if not hasattr(error, "_base_exc")}
-    if lost:
-        rank, error = sorted(lost.items())[0]
-        return WorkerLost(f"worker {rank} of {len(failures)} failed: {str(error).strip().splitlines()[0][:500]}")
-    for rank, error in sorted(failures.items()):
-        original = error._base_exc
-        kind = out_of_memory_kind(original)
+    try:
+        from ray.train.v2._internal.exceptions import RayTrainError
+    except ImportError:  # Ray Train v1: its own errors are RayErrors
+        RayTrainError = RayError  # noqa: N806
+
+    failures = getattr(exc, "worker_failures", None) or {}  # rank -> the worker's own exception, or Ray's about it
+    for rank, error in sorted(failures.items()):  # out of memory first: Ray's memory monitor kills are RayErrors too
+        kind = out_of_memory_kind(error)
         if kind is not None:
-            failed = RuntimeError(f"worker {rank}: {type(original).__name__}: {original}")
+            failed = RuntimeError(f"worker {rank}: {type(error).__name__}: {error}")
             failed.out_of_memory = kind
             return failed
+    lost = {rank: error for rank, error in failures.items() if isinstance(error, (RayError, RayTrainError))}
+    if lost:
+        rank, error = sorted(lost.items())[0]
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0][:500]
+        return WorkerLost(f"worker {rank} of {len(failures)} was lost: {type(error).__name__}: {first}")
     return exc
 
 

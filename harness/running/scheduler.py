@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 
 from harness.provenance import code_version, loaded_code_version, versions
 from harness.running.grid import Trial
@@ -253,6 +254,9 @@ def run_grid(
     finished = store.finished_ids()  # what a driver that held the lock until now has stored meanwhile
     pending = [trial for trial in pending if trial.trial_id not in finished]
     summary.skipped = len(unique) - len(pending)
+    if not pending:
+        lock.release()
+        return summary
     checkpoints = checkpoints or default_checkpoints(store.root)
     sha, dirs = code_version(), [str(Path(d).resolve()) for d in plugin_dirs or []]
     clock_started = time.perf_counter()
@@ -301,9 +305,10 @@ def run_grid(
                         if starts <= trial.resources["max_retries"]:
                             queue.insert(0, (trial, attempt + 1))
                             what = "cancelled" if outcome.get("cancelled") else "failed"
+                            why = escape(outcome["error"].splitlines()[0])
                             progress.print(
-                                f"[yellow]{what}[/yellow] {trial.label}: {outcome['error'].splitlines()[0]}; retrying "
-                                f"from its last checkpoint (retry {starts} of {trial.resources['max_retries']})"
+                                f"[yellow]{what}[/yellow] {trial.label}: {why}; retrying from its last checkpoint "
+                                f"(retry {starts} of {trial.resources['max_retries']})"
                             )
                             continue
                         resumed = watchdog.resumed_from_step(trial.trial_id)
@@ -320,7 +325,7 @@ def run_grid(
                         errors.append(outcome["error"])
                     progress.finished(trial.trial_id, ok=not outcome.get("error"))
                     status = "[red]failed[/red]" if outcome.get("error") else "[green]ok[/green]"
-                    progress.print(f"{status} {trial.label} {_headline(outcome)}")
+                    progress.print(f"{status} {trial.label} {escape(_headline(outcome))}")
                 try:
                     snapshot = ray.get(board.snapshot.remote(), timeout=30)
                 except (ray.exceptions.RayError, TimeoutError):  # progress is a view: losing it never stops a grid

@@ -312,3 +312,26 @@ def test_a_hung_trial_is_cancelled_retried_from_its_checkpoint_then_failed_and_t
     assert found and 4 <= int(found[1]) <= 8, error
     assert re.search(r"cancelled sort:blocks\(at=5\):seed=0: no progress for 1 min at step \d+ .*retry 1 of 1", log)
     assert time.monotonic() - started < 240
+
+
+def test_a_multi_worker_failure_is_a_lost_worker_an_out_of_memory_error_or_the_trials_own():
+    import ray.exceptions
+    from ray.train.v2._internal.exceptions import WorkerHealthCheckFailedError
+
+    from harness.running.multiworker import WorkerLost, _worker_failure
+
+    class Failed(Exception):
+        def __init__(self, failures):
+            super().__init__("Training failed due to worker errors")
+            self.worker_failures = failures
+
+    peer = RuntimeError("[gloo/transport/tcp/pair.cc:537] Connection closed by peer")
+    dead = WorkerHealthCheckFailedError("worker health check failed", ray.exceptions.ActorDiedError())
+    lost = _worker_failure(Failed({0: peer, 1: dead}))
+    assert isinstance(lost, WorkerLost) and str(lost).startswith("worker 1 of 2 was lost: WorkerHealthCheckFailed")
+    own = Failed({0: ValueError("bad batch"), 1: ValueError("bad batch")})
+    assert _worker_failure(own) is own  # the training code's own error: not retried
+    oom = _worker_failure(Failed({0: peer, 1: torch.OutOfMemoryError("CUDA out of memory")}))
+    assert oom.out_of_memory == "GPU" and "worker 1: OutOfMemoryError: CUDA out of memory" in str(oom)
+    killed = _worker_failure(Failed({1: ray.exceptions.OutOfMemoryError("killed by the memory monitor")}))
+    assert killed.out_of_memory == "host"
