@@ -283,7 +283,9 @@ def run_grid(
             while queue or in_flight:
                 while queue and len(in_flight) < cap:
                     trial, attempt = queue.pop(0)
-                    left = trial.resources["max_retries"] - max(attempt, watchdog.starts(trial.trial_id) - 1)
+                    # Retries left for Ray (a dead worker): max_retries less the starts so far (each a try, the
+                    # first included, so a resubmission counts as one of the retries).
+                    left = trial.resources["max_retries"] - max(attempt, watchdog.starts(trial.trial_id))
                     options = _task_options(trial.resources, retries=left)
                     ref = remote.options(**options).remote(trial.config(), dirs, checkpoints, board, attempt)
                     in_flight[ref] = (trial, attempt)
