@@ -23,7 +23,9 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed corpus kernel
 
 # The CPU kernels (sinkhorn's fused block attention and log-domain balancing, sbm's graph draw), compiled once per
-# machine (about 50 s; cached under ~/.cache/torch_extensions). Without a compiler it warns and torch operators run.
+# content of attentions/csrc (about 50 s; cached under $TORCH_EXTENSIONS_DIR or ~/.cache/torch_extensions in a folder
+# named by the sources' hash, which every checkout shares; docs/faults.md). Without a compiler it warns and torch
+# operators run.
 kernel: $(VENV)/.installed
 	$(VENV)/bin/python -c "from attentions import _fused_cpu; print('CPU kernels:', 'built' if _fused_cpu.kernel() else 'unavailable')"
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from rich.console import Console
 
 EXIT_BAD_INPUT, EXIT_TRIALS_FAILED = 2, 1
+WATCH = ("stall_minutes", "timeout_minutes")  # resources shown by a dry run only when set
 EXAMPLES = """examples:
   attnbench list | grep sink                  what exists: attentions, tasks, shipped grids
   attnbench run smoke --dry-run               the demo grid's trials, without running them
@@ -68,7 +69,7 @@ def _dry_run(grid, trials: list, args: argparse.Namespace, consoles: Consoles, c
             ",".join(f"{k}={v}" for k, v in sorted(trial.params.items())) or "-",
             f"seed={trial.seed}",
             f"steps={trial.train['steps']}",
-            " ".join(f"{k}={v:g}" for k, v in trial.resources.items() if k != "max_retries"),
+            " ".join(f"{k}={v:g}" for k, v in trial.resources.items() if k != "max_retries" and (v or k not in WATCH)),
             cell_text(cost),
             "stored" if trial.trial_id in finished else "to run",
         )

@@ -4,6 +4,10 @@ Writes are atomic: rows go to a dot-prefixed temporary file in the store, which 
 ``part-<trial_id>.parquet``. Readers (pyarrow skips names starting with ``.`` or ``_``) never see a half-written
 file, a crash leaves at most an ignored temporary, and because the file name is the trial id a trial can never appear
 twice: re-running a failed trial replaces its ``failed`` row. ``pandas.read_parquet(store_dir)`` reads everything.
+
+A part file that cannot be read (a partial copy from a cluster, a bad disk) is named in a warning and skipped by
+``read`` and ``finished_ids``; ``skipped`` lists the parts the last read left out (its trials run again on the next
+``attnbench run``, whose write replaces the bad part).
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -54,21 +59,48 @@ SCHEMA = pa.schema(
 COLUMNS = SCHEMA.names
 
 
+class UnreadablePartWarning(UserWarning):
+    """A part file of the store could not be read and was left out."""
+
+
 class ResultStore:
     """A directory of Parquet part files (created on first write)."""
 
     def __init__(self, root: str | Path):
         self.root = Path(root)
+        self.skipped: list[Path] = []  # unreadable parts left out by the last read
 
     def _parts(self) -> list[Path]:
         return sorted(self.root.glob("part-*.parquet")) if self.root.is_dir() else []
 
-    def finished_ids(self) -> set[str]:
-        """Ids of trials stored with status ``ok`` (failed ones are run again)."""
-        parts = self._parts()
+    def _table(self, columns: list[str] | None = None) -> pa.Table | None:
+        """Every readable part as one table (None when there is none); each unreadable part is warned about once per
+        read and listed in ``skipped``. One read of the whole list first; part by part only when that fails."""
+        parts, self.skipped = self._parts(), []
         if not parts:
+            return None
+        try:
+            return pq.read_table(parts, columns=columns, schema=SCHEMA)
+        except (OSError, pa.ArrowException):
+            pass
+        tables = []
+        for part in parts:
+            try:
+                tables.append(pq.read_table(part, columns=columns, schema=SCHEMA))
+            except (OSError, pa.ArrowException) as exc:
+                self.skipped.append(part)
+                warnings.warn(
+                    f"{part}: unreadable part file skipped ({type(exc).__name__}: {exc})",
+                    UnreadablePartWarning,
+                    stacklevel=3,
+                )
+        return pa.concat_tables(tables) if tables else None
+
+    def finished_ids(self) -> set[str]:
+        """Ids of trials stored with status ``ok`` (failed ones, and those of unreadable parts, are run again)."""
+        table = self._table(["trial_id", "status"])
+        if table is None:
             return set()
-        table = pq.read_table(parts, columns=["trial_id", "status"])
         frame = table.to_pandas()
         return set(frame.loc[frame["status"] == "ok", "trial_id"])
 
@@ -92,11 +124,9 @@ class ResultStore:
         return target
 
     def read(self) -> pd.DataFrame:
-        """Every stored row (an empty frame with the schema's columns when nothing is stored)."""
-        parts = self._parts()
-        if not parts:
-            return SCHEMA.empty_table().to_pandas()
-        return pq.read_table(parts, schema=SCHEMA).to_pandas()
+        """Every stored row (an empty frame with the schema's columns when nothing is stored or readable)."""
+        table = self._table()
+        return (table if table is not None else SCHEMA.empty_table()).to_pandas()
 
 
 def rows_for_trial(

@@ -190,8 +190,14 @@ def _environment() -> Environment:
     return env
 
 
-def render(frame: pd.DataFrame, title: str = "attnbench report", sections: tuple[Section, ...] | None = None) -> str:
-    """The whole page as a string: sections, failed trials, the trial appendix."""
+def render(
+    frame: pd.DataFrame,
+    title: str = "attnbench report",
+    sections: tuple[Section, ...] | None = None,
+    skipped_parts: int = 0,
+) -> str:
+    """The whole page as a string: sections, failed trials, the trial appendix (``skipped_parts``: unreadable part
+    files the store left out, said on the page)."""
     failed = frame[frame["status"] == "failed"].drop_duplicates("trial_id")
     trials = trial_info(frame)
     built = build_sections(frame, sections, trials)
@@ -203,17 +209,18 @@ def render(frame: pd.DataFrame, title: str = "attnbench report", sections: tuple
             sections=built,
             failed=failed[["trial_id", "grid", "task", "attention", "params", "error"]].to_dict("records"),
             trials=_appendix(trials),
-            counts={"trials": frame["trial_id"].nunique(), "failed": len(failed)},
+            counts={"trials": frame["trial_id"].nunique(), "failed": len(failed), "skipped_parts": skipped_parts},
         )
     )
 
 
 def write_report(results: str | Path, out: str | Path) -> Path:
     """Read the store at ``results`` and write the HTML page to ``out``."""
-    frame = ResultStore(results).read()
+    store = ResultStore(results)
+    frame = store.read()  # unreadable part files are warned about and skipped
     if frame.empty:
         raise ValueError(f"{results}: the results store is empty or missing (run a grid first)")
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(render(frame), encoding="utf-8")
+    out.write_text(render(frame, skipped_parts=len(store.skipped)), encoding="utf-8")
     return out

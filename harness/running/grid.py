@@ -26,7 +26,10 @@ from harness.running.overrides import apply as apply_overrides
 GRIDS_DIR = Path(__file__).parent.parent / "grids"
 # Fields of a trial's config that cannot change its result, left out of the trial id (section -> keys): where and how
 # often a trial checkpoints does not change its metrics, because a resumed trial ends exactly as an uninterrupted one.
-NOT_IN_ID = {"resources": ("cpus", "max_retries"), "train": ("checkpoint_every", "keep_checkpoints")}
+NOT_IN_ID = {
+    "resources": ("cpus", "max_retries", "stall_minutes", "timeout_minutes"),
+    "train": ("checkpoint_every", "keep_checkpoints"),
+}
 # Fields added after results were stored, left out of the trial id while at their default: a stored trial keeps its id
 # (and a re-run grid finds it) when such a field appears; setting one makes a new trial.
 ID_DEFAULTS: dict[str, dict[str, Any]] = {"train": {"compile": False}}
@@ -81,7 +84,15 @@ class Resources(_Strict):
     cpus: float = Field(1, gt=0, description="Ray CPUs per trial (per worker when workers > 1)")
     gpus: float = Field(0, ge=0, description="Ray GPUs per trial (per worker)")
     workers: int = Field(1, gt=0, description="processes per trial; > 1 runs a Ray Train TorchTrainer")
-    max_retries: int = Field(2, ge=0, description="retries of a trial whose worker process died")
+    max_retries: int = Field(
+        2, ge=0, description="retries (from the last checkpoint) of a trial whose worker died or that was cancelled"
+    )
+    stall_minutes: float = Field(
+        0, ge=0, description="cancel a trial whose step has not moved for this long (0 = never); then retry it"
+    )
+    timeout_minutes: float = Field(
+        0, ge=0, description="cancel an attempt of a trial still running after this long (0 = never); then retry it"
+    )
 
 
 class Grid(_Strict):

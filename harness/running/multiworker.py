@@ -4,6 +4,11 @@ Ray Train starts the workers and their torch.distributed group (gloo on CPU, ncc
 same ``run_trial`` as a one-process trial, so DeepSpeed (ZeRO stage from the grid) sees a world of ``workers`` ranks
 and each rank trains on its slice of the same global batch. Rank 0 sends its result back through a Ray queue:
 ``Result.metrics`` is empty when no checkpoint is reported, so it is not used as the channel.
+
+Ray Train itself never retries (``max_failures=0``): the driver owns retries. A trial whose worker process died or
+stopped answering raises ``WorkerLost``, which the driver retries from the last checkpoint within ``max_retries``; an
+exception raised by the training code fails the trial, as it does for one-process trials (tagged when it was an
+out-of-memory error).
 """
 
 from __future__ import annotations
@@ -11,6 +16,39 @@ from __future__ import annotations
 import tempfile
 from dataclasses import asdict
 from typing import Any
+
+
+class WorkerLost(RuntimeError):
+    """A worker process of a multi-worker trial died or stopped answering (a lost node, a kill): another attempt,
+    resumed from the last checkpoint, may well succeed."""
+
+
+def _worker_failure(exc: Exception) -> Exception:
+    """What a failed ``trainer.fit()`` means for the trial: ``WorkerLost`` when Ray reports a worker process itself
+    failed (dead, or failing Ray Train's health check; its peers' collectives then fail too, which says nothing new),
+    else the workers' own exception (``out_of_memory`` set when one ran out of memory)."""
+    from ray.exceptions import RayError
+
+    from harness.running.faults import out_of_memory_kind
+
+    try:
+        from ray.train.v2._internal.exceptions import RayTrainError
+    except ImportError:  # Ray Train v1: its own errors are RayErrors
+        RayTrainError = RayError  # noqa: N806
+
+    failures = getattr(exc, "worker_failures", None) or {}  # rank -> the worker's own exception, or Ray's about it
+    for rank, error in sorted(failures.items()):  # out of memory first: Ray's memory monitor kills are RayErrors too
+        kind = out_of_memory_kind(error)
+        if kind is not None:
+            failed = RuntimeError(f"worker {rank}: {type(error).__name__}: {error}")
+            failed.out_of_memory = kind
+            return failed
+    lost = {rank: error for rank, error in failures.items() if isinstance(error, (RayError, RayTrainError))}
+    if lost:
+        rank, error = sorted(lost.items())[0]
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0][:500]
+        return WorkerLost(f"worker {rank} of {len(failures)} was lost: {type(error).__name__}: {first}")
+    return exc
 
 
 def _train_loop(loop_config: dict[str, Any]) -> None:
@@ -60,7 +98,13 @@ def run_multiworker(
                 failure_config=FailureConfig(max_failures=0),  # the scheduler owns retries
             ),
         )
-        trainer.fit()
+        try:
+            trainer.fit()
+        except Exception as exc:  # noqa: BLE001 - Ray Train's errors: a lost worker, or one that raised
+            failure = _worker_failure(exc)
+            if failure is exc:
+                raise
+            raise failure from exc
         if results.empty():
             raise RuntimeError("multi-worker trial finished without a result from rank 0")
         return results.get(timeout=30)

@@ -26,19 +26,23 @@ class ProgressBoard:
         self.reports: dict[str, dict[str, Any]] = {}
 
     def update(self, trial_id: str, report: dict[str, Any]) -> None:
-        seq = self.reports.get(trial_id, {}).get("seq", 0) + 1
-        self.reports[trial_id] = {**report, "seq": seq}
+        """Keep ``report`` as the trial's latest, numbered (``seq``), with ``starts``: how many start reports (phase
+        ``starting``, sent once by every attempt) the trial has sent, which a later report must not hide."""
+        previous = self.reports.get(trial_id, {})
+        starts = previous.get("starts", 0) + (report.get("phase") == "starting")
+        self.reports[trial_id] = {**report, "seq": previous.get("seq", 0) + 1, "starts": starts}
 
     def snapshot(self) -> dict[str, dict[str, Any]]:
         return dict(self.reports)
 
 
-def reporter(board, trial_id: str):
-    """The ``progress`` callback a trial gets: fire-and-forget reports to the board actor."""
+def reporter(board, trial_id: str, attempt: int = 0):
+    """The ``progress`` callback a trial gets: fire-and-forget reports to the board actor, tagged with the attempt
+    (the driver's count of resubmissions) so that a late report of a cancelled attempt is not taken for progress."""
 
     def report(info: dict[str, Any]) -> None:
         try:
-            board.update.remote(trial_id, info)
+            board.update.remote(trial_id, {**info, "attempt": attempt})
         except Exception:  # the driver's board is gone (driver lost or restarted): training goes on regardless
             pass
 
@@ -109,9 +113,11 @@ class GridProgress:
                 state.report, state.seq, state.changed_at, state.warned = report, report["seq"], now, False
             elif state.report is not None and not state.warned and now - state.changed_at > self.stall_after:
                 state.warned = True
+                where = state.report.get("step")
+                where = "before its first step" if where is None else f"last at step {where}/{state.report['steps']}"
                 self.print(
                     f"[yellow]warning:[/yellow] {state.label} has reported no progress for "
-                    f"{duration(now - state.changed_at)} (last at step {state.report['step']}/{state.report['steps']})"
+                    f"{duration(now - state.changed_at)} ({where})"
                 )
         if self._live is not None:
             self._live.update(self._render())
@@ -135,6 +141,8 @@ class GridProgress:
     @staticmethod
     def describe(report: dict[str, Any]) -> tuple[str, str, str, str]:
         """(step/steps, loss, tokens/s, ETA) of one trial's latest report."""
+        if report.get("step") is None:  # started, still loading data and building the model
+            return ("starting", "", "", "?")
         rate, left = report.get("steps_per_second"), report["steps"] - report["step"]
         eta = duration(left / rate) if rate else "?"
         loss = report.get("loss")

@@ -3,8 +3,12 @@
 With no address an embedded Ray starts on this machine, bound to 127.0.0.1, without dashboard or usage stats; with
 ``--address`` (or ``RAY_ADDRESS``) the driver joins an existing cluster. Each trial is one Ray task with the grid's
 resources. A trial that raises comes back as a ``failed`` result (no retry: the same config would fail again); a
-trial whose worker process dies is retried by Ray up to ``max_retries`` times and then stored as failed. Trials
-already stored as ``ok`` are skipped, so an interrupted grid resumes where it stopped.
+trial whose worker process dies is retried by Ray up to ``max_retries`` times and then stored as failed. A trial that
+stops making progress (``resources.stall_minutes``) or runs too long (``resources.timeout_minutes``) is cancelled
+(``ray.cancel(force=True)`` kills its worker) and submitted again, within the same ``max_retries``; so is a
+multi-worker trial that lost a worker. Every retry resumes from the trial's last checkpoint. Out-of-memory errors
+are stored as "out of memory" with the trial's length, batch and plugin. Trials already stored as ``ok`` are skipped,
+so an interrupted grid resumes where it stopped. One driver at a time runs on a store (``driver_lock``).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 
 from harness.provenance import code_version, loaded_code_version, versions
 from harness.running.grid import Trial
@@ -51,22 +56,27 @@ def _now() -> dt.datetime:
 
 
 def execute_trial(
-    config: dict[str, Any], plugin_dirs: list[str], checkpoints: str | None = None, board=None
+    config: dict[str, Any], plugin_dirs: list[str], checkpoints: str | None = None, board=None, attempt: int = 0
 ) -> dict[str, Any]:
     """Body of the Ray task: run one trial, turning any exception into a failed result (never raises).
 
     ``checkpoints`` is the root under which the trial keeps (and resumes from) ``<trial_id>/``; ``board`` is the
-    driver's ``ProgressBoard`` actor. A retried task (a dead worker) resumes from the trial's latest checkpoint."""
+    driver's ``ProgressBoard`` actor, told first that the attempt started; ``attempt`` counts the driver's
+    resubmissions. A retried task (a dead worker, a cancelled attempt) resumes from the trial's latest checkpoint.
+    An outcome with ``retry`` set failed in a way another attempt may not (a multi-worker trial lost a worker)."""
     import attentions
+    from harness.running.faults import STARTING, out_of_memory_error, out_of_memory_kind
     from harness.running.grid import trial_id_of
-    from harness.running.multiworker import run_multiworker
+    from harness.running.multiworker import WorkerLost, run_multiworker
     from harness.running.progress import reporter
     from harness.running.trainer import run_trial
 
     started = _now()
     outcome: dict[str, Any] = {"result": None, "error": None, "versions": versions(), "git_sha": loaded_code_version()}
     try:
-        progress = reporter(board, trial_id_of(config)) if board is not None else None
+        progress = reporter(board, trial_id_of(config), attempt) if board is not None else None
+        if progress is not None:
+            progress({"phase": STARTING, "step": None, "steps": config["train"]["steps"]})
         if config["resources"]["workers"] > 1:
             outcome["result"] = run_multiworker(config, plugin_dirs, checkpoints=checkpoints, progress=progress)
         else:
@@ -76,8 +86,33 @@ def execute_trial(
     except Exception as exc:  # stored with the trial, the grid goes on
         tail = "".join(traceback.format_exception(exc)[-3:]).strip()
         outcome["error"] = f"{type(exc).__name__}: {exc}\n{tail}"
+        kind = out_of_memory_kind(exc) or getattr(exc, "out_of_memory", None)
+        if kind is not None:
+            outcome["error"] = out_of_memory_error(config, kind, outcome["error"])
+        elif isinstance(exc, WorkerLost):
+            outcome["retry"] = True
     outcome["started_at"], outcome["finished_at"] = started, _now()
     return outcome
+
+
+def failure_of(trial: Trial, exc: BaseException) -> str:
+    """The stored error of a trial whose ``ray.get`` raised: its worker died (after Ray's retries), Ray's memory
+    monitor killed it (out of memory), or it was cancelled."""
+    from harness.running.faults import out_of_memory_error, out_of_memory_kind
+
+    error = f"{type(exc).__name__}: {str(exc).strip()[:2000]}"
+    kind = out_of_memory_kind(exc)
+    return out_of_memory_error(trial.config(), kind, error) if kind else error
+
+
+def prebuild_kernels(console: Console) -> None:
+    """Build (or find) the project's CPU kernels once in the driver, before any trial, so that trials on this machine
+    load a finished build instead of racing to compile it (``attentions._kernel_build``)."""
+    from attentions import _fused_cpu
+
+    if _fused_cpu.enabled():
+        with console.status("CPU kernels: building or loading the cached build"):
+            _fused_cpu.kernel()
 
 
 def connect(address: str | None) -> bool:
@@ -109,12 +144,14 @@ def connect(address: str | None) -> bool:
     return True
 
 
-def _task_options(resources: dict[str, Any]) -> dict[str, Any]:
-    """Ray options of a trial's task. A multi-worker trial's task only coordinates: its Ray Train workers hold the
-    CPUs and GPUs, so it asks for none (asking would deadlock a machine with exactly workers * cpus cores)."""
+def _task_options(resources: dict[str, Any], retries: int | None = None) -> dict[str, Any]:
+    """Ray options of a trial's task (``retries``: what is left of ``max_retries``). A multi-worker trial's task only
+    coordinates: its Ray Train workers hold the CPUs and GPUs, so it asks for none (asking would deadlock a machine
+    with exactly workers * cpus cores)."""
+    retries = resources["max_retries"] if retries is None else max(0, retries)
     if resources["workers"] > 1:
-        return {"num_cpus": 0, "num_gpus": 0, "max_retries": resources["max_retries"]}
-    return {"num_cpus": resources["cpus"], "num_gpus": resources["gpus"], "max_retries": resources["max_retries"]}
+        return {"num_cpus": 0, "num_gpus": 0, "max_retries": retries}
+    return {"num_cpus": resources["cpus"], "num_gpus": resources["gpus"], "max_retries": retries}
 
 
 def _rows(trial: Trial, outcome: dict[str, Any], sha: str | None) -> list[dict[str, Any]]:
@@ -186,19 +223,24 @@ def run_grid(
     progress_every: float = 30.0,
     stall_after: float = 600.0,
     on_stored: Callable[[Trial, list[dict[str, Any]]], None] | None = None,
+    clock: Callable[[], float] = time.monotonic,
 ) -> GridSummary:
     """Run every trial not already stored as ok; write each to ``store`` as soon as it finishes.
 
     Trials checkpoint under ``checkpoints`` (default ``<store>/checkpoints``) and resume from there when they start
-    again: after Ray retries a dead worker, and when a killed driver runs the grid again. A trial's checkpoints are
-    removed once its result is stored, unless its ``train.keep_checkpoints`` is set. ``progress_every`` is the
-    period of the plain progress lines when stderr is not a terminal; ``stall_after`` the silence that is warned of.
-    ``on_stored(trial, rows)`` is called after each trial's rows are written (``--track`` mirrors them); whatever it
-    raises is a warning, never a lost trial.
+    again: after Ray retries a dead worker, after a cancelled attempt, and when a killed driver runs the grid again.
+    A trial's checkpoints are removed once its result is stored, unless its ``train.keep_checkpoints`` is set.
+    ``progress_every`` is the period of the plain progress lines when stderr is not a terminal; ``stall_after`` the
+    silence that is warned of; ``clock`` (seconds) times ``stall_minutes`` and ``timeout_minutes``. The store is
+    locked for this driver while trials run; another live driver's lock raises ``StoreBusy``. ``on_stored(trial,
+    rows)`` is called after each trial's rows are written (``--track`` mirrors them); whatever it raises is a
+    warning, never a lost trial.
     """
     import ray
 
     from harness.running.checkpoints import TrialCheckpoints
+    from harness.running.driver_lock import DriverLock
+    from harness.running.faults import Watchdog, gave_up
     from harness.running.progress import GridProgress
 
     console = console or Console(stderr=True)
@@ -210,12 +252,23 @@ def run_grid(
         console.print(f"[dim]{summary.skipped} of {len(unique)} trials already stored; skipping them[/dim]")
     if not pending:
         return summary
+    lock = DriverLock(store.root, pending[0].grid, warn=lambda m: console.print(f"[yellow]{m}", soft_wrap=True))
+    lock.acquire()  # before Ray starts: a second driver refuses at once
+    finished = store.finished_ids()  # what a driver that held the lock until now has stored meanwhile
+    pending = [trial for trial in pending if trial.trial_id not in finished]
+    summary.skipped = len(unique) - len(pending)
+    if not pending:
+        lock.release()
+        return summary
     checkpoints = checkpoints or default_checkpoints(store.root)
-    started_ray = connect(address)
     sha, dirs = code_version(), [str(Path(d).resolve()) for d in plugin_dirs or []]
-    clock = time.perf_counter()
+    clock_started = time.perf_counter()
     errors: list[str] = []  # of this run's failed trials, for the end-of-run summary of shared causes
+    started_ray = False
     try:
+        if not (address or os.environ.get("RAY_ADDRESS") or "").startswith("ray://"):  # workers share this machine
+            prebuild_kernels(console)
+        started_ray = connect(address)
         for trial, message in unplaceable(pending, embedded=started_ray, warn=lambda m: console.print(f"[yellow]{m}")):
             rows = _rows(trial, {"error": f"{trial.label} {message}"}, sha)
             store.write_trial(trial.trial_id, rows)
@@ -226,23 +279,51 @@ def run_grid(
         pending = [trial for trial in pending if trial.trial_id not in summary.failed]
         remote = ray.remote(execute_trial)
         board = _progress_board(ray)
+        watchdog = Watchdog(clock)
         cap = max_concurrent or len(pending) or 1
-        queue, in_flight = list(pending), {}
+        queue: list[tuple[Trial, int]] = [(trial, 0) for trial in pending]
+        in_flight: dict[Any, tuple[Trial, int]] = {}
+        cancelled: dict[Any, str] = {}  # ref -> why the driver cancelled it
         with GridProgress(console, len(pending), plain_every=progress_every, stall_after=stall_after) as progress:
             while queue or in_flight:
                 while queue and len(in_flight) < cap:
-                    trial = queue.pop(0)
-                    options = _task_options(trial.resources)
-                    ref = remote.options(**options).remote(trial.config(), dirs, checkpoints, board)
-                    in_flight[ref] = trial
-                    progress.submitted(trial.trial_id, trial.label)
+                    trial, attempt = queue.pop(0)
+                    # Retries left for Ray (a dead worker): max_retries less the starts so far (each a try, the
+                    # first included, so a resubmission counts as one of the retries).
+                    left = trial.resources["max_retries"] - max(attempt, watchdog.starts(trial.trial_id))
+                    options = _task_options(trial.resources, retries=left)
+                    ref = remote.options(**options).remote(trial.config(), dirs, checkpoints, board, attempt)
+                    in_flight[ref] = (trial, attempt)
+                    watchdog.submitted(trial.trial_id, trial.resources, attempt)
+                    if attempt == 0:
+                        progress.submitted(trial.trial_id, trial.label)
                 ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=POLL_SECONDS)
                 for ref in ready:
-                    trial = in_flight.pop(ref)
+                    trial, attempt = in_flight.pop(ref)
                     try:
                         outcome = ray.get(ref)
-                    except Exception as exc:  # the worker died (after Ray's retries) or the task was cancelled
-                        outcome = {"error": f"{type(exc).__name__}: {str(exc).strip()[:2000]}"}
+                    except Exception as exc:  # the worker died (after Ray's retries), or the driver cancelled it
+                        outcome = {"error": failure_of(trial, exc)}
+                        if ref in cancelled:
+                            outcome = {"error": cancelled[ref], "retry": True, "cancelled": True}
+                    cancelled.pop(ref, None)
+                    if outcome.get("retry"):
+                        starts = max(watchdog.starts(trial.trial_id), attempt + 1)
+                        if starts <= trial.resources["max_retries"]:
+                            queue.insert(0, (trial, attempt + 1))
+                            what = "cancelled" if outcome.get("cancelled") else "failed"
+                            why = escape(outcome["error"].splitlines()[0])
+                            progress.print(
+                                f"[yellow]{what}[/yellow] {trial.label}: {why}; retrying from its last checkpoint "
+                                f"(retry {starts} of {trial.resources['max_retries']})"
+                            )
+                            continue
+                        resumed = watchdog.resumed_from_step(trial.trial_id)
+                        if outcome.get("cancelled"):
+                            outcome["error"] = gave_up(outcome["error"], starts, resumed)
+                        else:
+                            outcome["error"] += f"\n({starts} attempts, no retries left: max_retries)"
+                    watchdog.forget(trial.trial_id)
                     rows = _rows(trial, outcome, sha)
                     store.write_trial(trial.trial_id, rows)
                     _stored(on_stored, trial, rows, console)
@@ -253,16 +334,24 @@ def run_grid(
                         errors.append(outcome["error"])
                     progress.finished(trial.trial_id, ok=not outcome.get("error"))
                     status = "[red]failed[/red]" if outcome.get("error") else "[green]ok[/green]"
-                    progress.print(f"{status} {trial.label} {_headline(outcome)}")
+                    progress.print(f"{status} {trial.label} {escape(_headline(outcome))}")
                 try:
-                    progress.refresh(ray.get(board.snapshot.remote(), timeout=30))
+                    snapshot = ray.get(board.snapshot.remote(), timeout=30)
                 except (ray.exceptions.RayError, TimeoutError):  # progress is a view: losing it never stops a grid
                     board = _progress_board(ray)
-                    progress.refresh({})
+                    snapshot = {}
+                progress.refresh(snapshot)
+                for trial_id, reason in watchdog.observe(snapshot):
+                    for ref, (trial, _) in in_flight.items():
+                        if trial.trial_id == trial_id and ref not in cancelled:
+                            cancelled[ref] = reason
+                            ray.cancel(ref, force=True)
+                lock.refresh()
     finally:
         if started_ray:
             ray.shutdown()
-    summary.seconds = time.perf_counter() - clock
+        lock.release()
+    summary.seconds = time.perf_counter() - clock_started
     _say_shared_causes(errors, console)
     return summary
 

@@ -82,6 +82,24 @@ SMOOTHING = 0.98  # the training loss is reported as an EMA over about 50 steps,
 PROGRESS_SECONDS = 2.0  # how often a running trial tells the driver where it is
 
 
+SHM_COMM_OP = "deepspeed_shm_comm"  # DeepSpeed's ShareMemCommBuilder.NAME
+
+
+def skip_shm_comm_build() -> None:
+    """Stop DeepSpeed from compiling its CPU shared-memory all-reduce in every trial.
+
+    DeepSpeed's torch backend builds ``deepspeed_shm_comm`` (a C++ op, JIT-compiled into the torch extensions cache
+    under torch's owner-less ``lock`` file) whenever the op is listed as compatible in ``deepspeed.ops.
+    __compatible_ops__``. The op serves only ``inference_all_reduce`` (tensor-parallel inference), which training
+    never calls; without it that call falls back to ``torch.distributed.all_reduce``. Marking it incompatible skips a
+    35-90 s build on a fresh cache and the stale lock a worker killed during that build would leave behind."""
+    import deepspeed.ops
+
+    compatible = getattr(deepspeed.ops, "__compatible_ops__", None)
+    if isinstance(compatible, dict):
+        compatible[SHM_COMM_OP] = False
+
+
 def init_distributed(backend: str) -> None:
     """Join (or create, for a single process) the torch.distributed group DeepSpeed trains on.
 
@@ -89,6 +107,7 @@ def init_distributed(backend: str) -> None:
     with another trial or program on the machine. Multi-worker trials arrive with RANK set by Ray Train."""
     import deepspeed
 
+    skip_shm_comm_build()
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         if torch.distributed.get_backend() == backend or torch.distributed.get_world_size() > 1:
             return

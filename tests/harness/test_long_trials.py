@@ -307,3 +307,25 @@ def test_progress_names_step_loss_speed_eta_and_warns_about_a_silent_trial():
         assert "warning: sort:sinkhorn(block_size=4):seed=0 has reported no progress" in out.getvalue()
         progress.finished("a", ok=True)
         assert "1/2 done (ok 1, failed 0)" in progress.summary()
+
+
+@pytest.mark.slow
+def test_a_second_driver_on_the_same_store_and_grid_refuses_and_the_first_runs_each_trial_once(tmp_path):
+    path = grid_file(tmp_path, steps=150, eval_every=50, checkpoint_every=50)
+    results = tmp_path / "results"
+    command = [sys.executable, "-m", "harness.cli", "run", str(path), "--results", str(results)]
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    lock = results / ".driver.lock"
+    deadline = time.time() + 240
+    while time.time() < deadline and not lock.exists() and first.poll() is None:
+        time.sleep(0.1)
+    assert lock.exists(), "the first driver should hold the store's lock while it runs"
+    second = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert second.returncode == 2, second.stderr[-3000:]
+    assert f"another driver is running on this store (pid {first.pid} on host" in " ".join(second.stderr.split())
+    out, err = first.communicate(timeout=400)
+    assert first.returncode == 0, err[-3000:]
+    assert not lock.exists(), "the lock goes with the driver"
+    frame = pd.read_parquet(results)
+    assert frame["trial_id"].nunique() == 1 and not frame.duplicated(["split", "metric", "step"]).any()

@@ -106,3 +106,22 @@ def test_plugin_statistics_are_stored_for_training_and_evaluation():
     fractions = {split: value for (split, name), value in result.final().items() if name == "edge_fraction"}
     assert set(fractions) == {"train", "eval"}
     assert all(0.0 < value <= 1.0 for value in fractions.values())
+
+
+def test_deepspeed_initialises_without_building_its_shm_comm_op(tmp_path):
+    """Every trial initialises DeepSpeed's torch backend; it must not compile ``deepspeed_shm_comm`` on the way."""
+    import os
+    import subprocess
+    import sys
+
+    probe = (
+        "import deepspeed.comm.comm as comm\n"
+        "from harness.running.trainer import init_distributed\n"
+        "init_distributed('gloo')\n"
+        "print('shm op:', comm.cdb.shm_comm_op)\n"
+    )
+    env = {**os.environ, "TORCH_EXTENSIONS_DIR": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "shm op: None" in out.stdout
+    assert not list(tmp_path.rglob("*shm_comm*")), "nothing is built in the extensions cache"
