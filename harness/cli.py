@@ -20,6 +20,7 @@ EXAMPLES = """examples:
   attnbench list | grep sink                  what exists: attentions, tasks, shipped grids
   attnbench run smoke --dry-run               the demo grid's trials, without running them
   attnbench run smoke && attnbench report     run the demo grid, then render reports/report.html
+  attnbench show --task sort --format csv     the stored results of one task, as CSV
   attnbench run my_grid.yaml --address auto   run on the Ray cluster this machine belongs to
 """
 
@@ -79,11 +80,10 @@ def _dry_run(grid, trials: list, results: Path, out: Console) -> int:
 
 def _run(args: argparse.Namespace, consoles: Consoles) -> int:
     import attentions
-    from harness.running.grid import load_trials
 
     for folder in args.plugins:
         attentions.load_plugin_dir(folder)
-    grid, trials = load_trials(args.grid)
+    grid, trials = _load_and_warn(args.grid, consoles.err)
     if args.dry_run:
         return _dry_run(grid, trials, args.results, consoles.out)
 
@@ -108,9 +108,57 @@ def _run(args: argparse.Namespace, consoles: Consoles) -> int:
         f"{summary.skipped} already stored; results in {args.results}",
         highlight=False,
     )
+    _print_results(ResultStore(args.results).read(), grid.name, {t.trial_id for t in trials}, consoles.out)
     if summary.failed:
         console.print(f"[red]{len(summary.failed)} trials failed; their errors are stored (status = failed)[/red]")
         return EXIT_TRIALS_FAILED
+    return 0
+
+
+def _load_and_warn(grid_path: str, console: Console):
+    """Load and expand a grid, printing its warnings (a cell that runs but probably not as meant) on stderr."""
+    import warnings
+
+    from harness.running.grid import GridWarning, load_trials
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", GridWarning)
+        loaded = load_trials(grid_path)
+    for warning in caught:
+        if issubclass(warning.category, GridWarning):
+            console.print(f"[yellow]warning:[/yellow] {warning.message}", highlight=False, soft_wrap=True)
+        else:
+            warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
+    return loaded
+
+
+def _table_width(console: Console) -> int:
+    """A terminal's own width; piped or captured output gets room enough that no cell is wrapped or cut."""
+    return console.width if console.is_terminal else max(console.width, 200)
+
+
+def _print_results(frame, grid: str, trial_ids: set[str], out: Console) -> None:
+    """The grid's results as one table: mean ± 95% interval over seeds and n, per attention setting and metric."""
+    from harness.reporting.summary import rich_table, summarize
+
+    table = summarize(frame, trial_ids=trial_ids)
+    if len(table):
+        out.print(rich_table(table, title=f"grid {grid}: mean ± 95% interval over seeds"), width=_table_width(out))
+
+
+def _show(args: argparse.Namespace, consoles: Consoles) -> int:
+    from harness.reporting.summary import export, rich_table, summarize
+    from harness.store import ResultStore
+
+    frame = ResultStore(args.results).read()
+    if frame.empty:
+        raise ValueError(f"{args.results}: the results store is empty or missing (run a grid first)")
+    table = summarize(frame, grid=args.grid, task=args.task, attention=args.attention)
+    if args.format:
+        sys.stdout.write(export(table, args.format))  # plain text, never wrapped: meant for files and pipes
+    else:
+        consoles.out.print(rich_table(table), width=_table_width(consoles.out))
+    consoles.err.print(f"{len(table)} rows from {args.results}", highlight=False, soft_wrap=True)
     return 0
 
 
@@ -411,6 +459,22 @@ def parser() -> argparse.ArgumentParser:
         help="page to write (default: %(default)s)",
     )
 
+    show = verbs.add_parser(
+        "show",
+        help="list or export stored results: mean ± 95%% interval over seeds per attention setting and metric",
+        description="List the store's results, one row per grid, task, attention setting, split and metric: the "
+        "mean over seeds, the half-width of its 95% t-interval and n (accuracy and exact match in %). Without "
+        "--format, a table for the terminal.",
+    )
+    _results_option(show, "Parquet store to read")
+    for name in ("grid", "task", "attention"):
+        show.add_argument(
+            f"--{name}", action="append", default=None, metavar=name.upper(), help=f"only this {name} (repeatable)"
+        )
+    show.add_argument(
+        "--format", choices=["markdown", "csv", "json"], default=None, help="write the table as text to stdout"
+    )
+
     again = verbs.add_parser(
         "rerun",
         help="re-run a stored trial from its stored config and check that every stored value comes out the same",
@@ -478,7 +542,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     consoles = Consoles(out=Console(), err=Console(stderr=True))
     console = consoles.err
-    handlers = {"run": _run, "list": _list, "report": _report, "bench": _bench, "rerun": _rerun}
+    handlers = {"run": _run, "list": _list, "report": _report, "show": _show, "bench": _bench, "rerun": _rerun}
     try:
         return handlers[args.verb](args, consoles)
     except ValueError as exc:  # GridError and every plugin/task validation error
