@@ -46,7 +46,7 @@ test: install browser
 # The documentation site (mkdocs.yml, docs/) into site/; --strict turns a broken link or a page missing from the
 # nav into an error. `make test` builds it too (tests/test_docs.py).
 docs: $(VENV)/.installed
-	$(VENV)/bin/mkdocs build --strict --site-dir site
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir site
 
 # The full sweep: pytest-benchmark (1K-16K, the Sinkhorn family against vanilla and the public peer, scheduler
 # throughput; the model-level table at 1K-4K with its targets), saved under .benchmarks/. The peer package is a benchmark-only extra.
