@@ -73,18 +73,20 @@ def effective_params(attention: str, params: dict[str, Any]) -> dict[str, Any]:
     return {**dict(_plugin_defaults(attention)), **params}
 
 
-def shown_params(trials: list[tuple[str, dict[str, Any]]]) -> list[dict[str, Any]]:
-    """Per trial (attention, stored params): what its label shows. The block size always (defaults included), every
-    parameter the grid set, and every parameter whose effective value differs between trials of the same
-    attention, so rows that differ never share a label and a default is never hidden behind a bare name."""
-    effective = [effective_params(a, p) for a, p in trials]
-    seen: dict[str, dict[str, set[str]]] = {}
-    for (attention, _), values in zip(trials, effective, strict=True):
+def shown_params(trials: list[tuple[str, str, dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Per trial (group, attention, stored params): what its label shows. The block size always (defaults included),
+    every parameter the grid set, and every parameter whose effective value differs between trials of the same
+    attention in the same group (one grid's experiment), so rows that differ never share a label and a default is
+    never hidden behind a bare name."""
+    effective = [effective_params(a, p) for _, a, p in trials]
+    seen: dict[tuple[str, str], dict[str, set[str]]] = {}
+    for (group, attention, _), values in zip(trials, effective, strict=True):
         for key, value in values.items():
-            seen.setdefault(attention, {}).setdefault(key, set()).add(json.dumps(value, sort_keys=True, default=str))
+            text = json.dumps(value, sort_keys=True, default=str)
+            seen.setdefault((group, attention), {}).setdefault(key, set()).add(text)
     shown = []
-    for (attention, params), values in zip(trials, effective, strict=True):
-        varying = {k for k, v in seen.get(attention, {}).items() if len(v) > 1}
+    for (group, attention, params), values in zip(trials, effective, strict=True):
+        varying = {k for k, v in seen.get((group, attention), {}).items() if len(v) > 1}
         keep = set(params) | varying | {"block_size", "budget"}
         shown.append({k: v for k, v in values.items() if k in keep})
     return shown
@@ -241,14 +243,22 @@ def trial_info(frame: pd.DataFrame) -> pd.DataFrame:
     records = []
     groups = list(frame.groupby("trial_id", sort=True))
     firsts = [group.iloc[0] for _, group in groups]
-    shown = shown_params([(str(f["attention"]), parse_json(f["params"])) for f in firsts])
-    for (trial_id, group), first, label_params in zip(groups, firsts, shown, strict=True):
+    contexts = []
+    for first in firsts:
+        context = context_of(parse_json(first["config"]))
+        if (data := data_caption(first.get("data"))) is not None:
+            context["data"] = data  # trials on different data are never pooled, and the setup line says which
+        contexts.append(context)
+    # an experiment: one grid's trials of one task and context (a sweep varies its parameters inside one grid)
+    keys = [
+        json.dumps([f["grid"], f["task"], c], sort_keys=True, default=str)
+        for f, c in zip(firsts, contexts, strict=True)
+    ]
+    shown = shown_params([(k, str(f["attention"]), parse_json(f["params"])) for k, f in zip(keys, firsts, strict=True)])
+    for (trial_id, group), first, label_params, context in zip(groups, firsts, shown, contexts, strict=True):
         config, params = parse_json(first["config"]), parse_json(first["params"])
         model = config.get("model") or {}
         tie_kv = bool(model.get("tie_kv", False))
-        context = context_of(config)
-        if (data := data_caption(first.get("data"))) is not None:
-            context["data"] = data  # trials on different data are never pooled, and the setup line says which
         records.append(
             {
                 "trial_id": trial_id,

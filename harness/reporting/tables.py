@@ -114,7 +114,9 @@ def _row_label(section: Section, trial: pd.Series, ablation: bool) -> str:
         return trial["label"]
     variant = trial["attrs"]["variant"]
     names = [r.label for r in section.rows if r.match.get("variant") == variant]
-    params = {k: v for k, v in trial["shown"].items() if k != "sortnet" and not (k == "iterations" and v == 0)}
+    # the variant's name says what is ablated; the label adds what the grid set beside it, and the block that ran
+    shown = {"block_size": trial["shown"].get("block_size"), **trial["params"]}
+    params = {k: v for k, v in shown.items() if k != "sortnet" and not (k == "iterations" and v == 0) and v is not None}
     base = attention_label(str(trial["attention"]), params)
     return f"{names[0] if names else f'variant {variant}'} · {base}"
 

@@ -125,12 +125,13 @@ def test_negative_zero_reads_as_zero():
 
 
 def test_labels_show_the_default_block_size_and_parameters_that_differ():
-    shown = labels.shown_params([("sinkhorn", {}), ("sinkhorn", {"temperature": 0.5}), ("local", {"block_size": 4})])
+    trials = [("a", "sinkhorn", {}), ("a", "sinkhorn", {"temperature": 0.5}), ("a", "local", {"block_size": 4})]
+    shown = labels.shown_params([*trials, ("b", "sinkhorn", {})])
     assert labels.attention_label("sinkhorn", shown[0]) == "Sinkhorn (32) [temperature=0.75]"
     assert labels.attention_label("sinkhorn", shown[1]) == "Sinkhorn (32) [temperature=0.5]"
     assert labels.attention_label("local", shown[2]) == "Local Attention (4)"
-    alone = labels.shown_params([("sinkhorn", {})])
-    assert labels.attention_label("sinkhorn", alone[0]) == "Sinkhorn (32)"  # the defaults that do not vary stay quiet
+    # in another experiment (group) nothing differs: the defaults that do not vary stay quiet, the block shows
+    assert labels.attention_label("sinkhorn", shown[3]) == "Sinkhorn (32)"
 
 
 def test_the_report_labels_a_default_block_and_matches_the_papers_row(tmp_path):
