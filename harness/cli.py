@@ -132,9 +132,12 @@ def _load_and_warn(grid_path: str, console: Console):
     return loaded
 
 
-def _table_width(console: Console) -> int:
-    """A terminal's own width; piped or captured output gets room enough that no cell is wrapped or cut."""
-    return console.width if console.is_terminal else max(console.width, 200)
+def _print_table(console: Console, table) -> None:
+    """A terminal keeps its own width; piped or captured output gets room enough that no cell is wrapped or cut."""
+    if console.is_terminal:
+        console.print(table)
+    else:
+        Console(file=console.file, width=max(console.width, 200)).print(table)
 
 
 def _print_results(frame, grid: str, trial_ids: set[str], out: Console) -> None:
@@ -143,7 +146,7 @@ def _print_results(frame, grid: str, trial_ids: set[str], out: Console) -> None:
 
     table = summarize(frame, trial_ids=trial_ids)
     if len(table):
-        out.print(rich_table(table, title=f"grid {grid}: mean ± 95% interval over seeds"), width=_table_width(out))
+        _print_table(out, rich_table(table, title=f"grid {grid}: mean ± 95% interval over seeds"))
 
 
 def _show(args: argparse.Namespace, consoles: Consoles) -> int:
@@ -157,7 +160,7 @@ def _show(args: argparse.Namespace, consoles: Consoles) -> int:
     if args.format:
         sys.stdout.write(export(table, args.format))  # plain text, never wrapped: meant for files and pipes
     else:
-        consoles.out.print(rich_table(table), width=_table_width(consoles.out))
+        _print_table(consoles.out, rich_table(table))
     consoles.err.print(f"{len(table)} rows from {args.results}", highlight=False, soft_wrap=True)
     return 0
 

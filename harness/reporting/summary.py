@@ -23,6 +23,9 @@ from harness.reporting.tables import headline_values
 COLUMNS = ["grid", "task", "attention", "params", "split", "metric", "unit", "mean", "ci95", "n", "failed"]
 FORMATS = ("markdown", "csv", "json")
 FILTERS = ("grid", "task", "attention")
+# the last validation score repeats the curve's last point, and ``eval`` holds a plugin's diagnostics (sort entropy):
+# the table is the held-out results, as the report's headline figures are
+HIDDEN_SPLITS = ("val", "eval")
 
 
 def _params_text(params: dict[str, Any]) -> str:
@@ -80,7 +83,7 @@ def summarize(
     values = chosen.loc[(chosen["status"] == "ok") & final, ["trial_id", "split", "metric", "value"]].dropna(
         subset=["metric", "value"]
     )
-    values = headline_values(values)
+    values = headline_values(values[~values["split"].isin(HIDDEN_SPLITS)])
     values = values.assign(key=values["trial_id"].map(info["key"]))
     failed = info[info["status"] == "failed"].groupby("key").size()
     rows = []

@@ -231,3 +231,11 @@ def test_the_terminal_table_has_one_row_per_setting_and_metric(tmp_path, capsys)
     out = capsys.readouterr().out
     local = [line for line in out.splitlines() if " local " in line and "exact_match" in line]
     assert len(local) == 1 and "52.50 ± " in local[0] and "block_size=4" in local[0]
+
+
+def test_summary_leaves_out_the_last_validation_score_and_plugin_diagnostics(tmp_path):
+    store = ResultStore(tmp_path)
+    metrics = [("test", "exact_match", 0.5), ("val", "exact_match", 0.6), ("eval", "sort_entropy", 0.4)]
+    write(store, task="sort", attention="sinkhorn", params={"block_size": 4}, seed=0, train=SORT_TRAIN, metrics=metrics)
+    table = summary.summarize(store.read())
+    assert list(zip(table["split"], table["metric"], strict=True)) == [("test", "exact_match")]
