@@ -79,11 +79,15 @@ clean:
 # The replication study (README "What replicates at CPU scale"): every grid under harness/grids/replication into one
 # committed store, then its report. Hours on 2 cores; stop it any time, and the next `make replicate` resumes where it
 # stopped (finished trials are skipped, a trial cut mid-way resumes from its checkpoint).
+STUDY := harness/study/results/replication
 REPLICATION := table1_sort char fig4_iterations fig3_temperature table8_sortnet table8_kv listops \
 	table4_long_seed0 table4_long_seed1 table4_long_seed2 table2_subword \
-	table2_long_seed0 table2_long_seed1 table2_long_seed2
+	table2_long_seed0 table2_long_seed1 table2_long_seed2 \
+	table1_sort_l64 table2_long_seed3 table2_long_seed4 table2_subword_seed3 table2_subword_seed4
 replicate: install
 	for grid in $(REPLICATION); do \
-		$(VENV)/bin/attnbench run harness/grids/replication/$$grid.yaml --results results/replication || [ $$? -eq 1 ] || exit 2; \
+		$(VENV)/bin/attnbench run harness/grids/replication/$$grid.yaml --results $(STUDY) || [ $$? -eq 1 ] || exit 2; \
 	done
-	$(VENV)/bin/attnbench report --results results/replication --out reports/replication.html
+	$(VENV)/bin/attnbench report --results $(STUDY) --out reports/replication.html
+	$(VENV)/bin/python -m harness.study.page docs/replication.md --results $(STUDY)
+	$(VENV)/bin/attnbench claims --results $(STUDY)

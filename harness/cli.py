@@ -42,12 +42,25 @@ def _version() -> str:
         return "unknown (not installed)"
 
 
-def _dry_run(grid, trials: list, results: Path, out: Console) -> int:
-    """Each expanded trial on one line, the count and how many are stored; starts no Ray, writes nothing."""
+def _dry_run(grid, trials: list, args: argparse.Namespace, consoles: Consoles, changes: list) -> int:
+    """Each expanded trial on one line with its estimated cost, the count, how many are stored and what the rest
+    will cost; starts no Ray, writes nothing."""
+    from harness.running.estimate import cell_text, estimate, total_text
+    from harness.running.overrides import describe
     from harness.store import ResultStore
 
+    results, out = args.results, consoles.out
+    for line in describe(changes):
+        out.print(line, markup=False, highlight=False, soft_wrap=True)
     finished = ResultStore(results).finished_ids() if results.exists() else set()
     unique = list({trial.trial_id: trial for trial in trials}.values())
+    costs = estimate(
+        unique,
+        results,
+        quick=args.estimate,
+        memory_gib=args.device_memory,
+        on_measure=lambda trial: consoles.err.print(f"measuring a few steps of {trial.label}", highlight=False),
+    )
     lines = [
         (
             trial.trial_id,
@@ -55,10 +68,12 @@ def _dry_run(grid, trials: list, results: Path, out: Console) -> int:
             trial.attention,
             ",".join(f"{k}={v}" for k, v in sorted(trial.params.items())) or "-",
             f"seed={trial.seed}",
+            f"steps={trial.train['steps']}",
             " ".join(f"{k}={v:g}" for k, v in trial.resources.items() if k != "max_retries"),
+            cell_text(cost),
             "stored" if trial.trial_id in finished else "to run",
         )
-        for trial in unique
+        for trial, cost in zip(unique, costs, strict=True)
     ]
     widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))] if lines else []
     for line in lines:
@@ -69,40 +84,75 @@ def _dry_run(grid, trials: list, results: Path, out: Console) -> int:
             soft_wrap=True,
         )
     stored = sum(line[-1] == "stored" for line in lines)
+    to_run = [cost for line, cost in zip(lines, costs, strict=True) if line[-1] != "stored"]
     out.print(
         f"grid {grid.name}: {len(unique)} trials, {stored} already stored in {results}, {len(unique) - stored} to run"
-        " (dry run: nothing started, nothing written)",
+        f" ({total_text(to_run)}; dry run: nothing started, nothing written)",
         highlight=False,
         soft_wrap=True,
     )
     return 0
 
 
+def _warn_over_memory(trials: list, args: argparse.Namespace, console: Console) -> None:
+    """Before Ray starts: name each trial whose estimate from the store (no measuring) exceeds its device."""
+    from harness.running.estimate import estimate, size
+
+    try:
+        costs = estimate(trials, args.results, memory_gib=args.device_memory)
+    except Exception as exc:  # an estimate is advice: a store it cannot read never stops a grid
+        console.print(f"[yellow]no memory estimate ({type(exc).__name__}: {exc})[/yellow]", highlight=False)
+        return
+    for trial, cost in zip(trials, costs, strict=True):
+        if cost.over_memory:
+            console.print(
+                f"[yellow]warning:[/yellow] {trial.label} ({trial.trial_id}) is estimated at "
+                f"{size(cost.memory_bytes.value)} peak, over its {cost.device}'s {size(cost.device_memory)} "
+                f"[{cost.memory_bytes.source}]; it will likely run out of memory",
+                highlight=False,
+                soft_wrap=True,
+            )
+
+
 def _run(args: argparse.Namespace, consoles: Consoles) -> int:
     import attentions
+    from harness.running.grid import override_changes
+    from harness.running.overrides import parse as parse_overrides
+    from harness.tracking import Mirror
+    from harness.tracking import parse as parse_track
 
+    overrides = parse_overrides(args.overrides)
+    targets = parse_track(args.track)
+    if args.estimate and not args.dry_run:
+        raise ValueError("--estimate: measures trials for --dry-run; add --dry-run")
     for folder in args.plugins:
         attentions.load_plugin_dir(folder)
-    grid, trials = _load_and_warn(args.grid, consoles.err)
+    grid, trials = _load_and_warn(args.grid, overrides, consoles.err)
     if args.dry_run:
-        return _dry_run(grid, trials, args.results, consoles.out)
+        return _dry_run(grid, trials, args, consoles, override_changes(args.grid, overrides))
 
     from harness.running.scheduler import run_grid
     from harness.store import ResultStore
 
     console = consoles.err
+    _warn_over_memory(trials, args, console)
     console.print(f"grid [bold]{grid.name}[/bold]: {len(trials)} trials -> {args.results}", soft_wrap=True)
-    summary = run_grid(
-        trials,
-        ResultStore(args.results),
-        address=args.address,
-        max_concurrent=args.max_concurrent,
-        plugin_dirs=args.plugins,
-        console=console,
-        checkpoints=args.checkpoints,
-        progress_every=args.progress_every,
-        stall_after=args.stall_warning,
-    )
+    mirror = Mirror(targets, warn=lambda message: console.print(f"[yellow]{message}", highlight=False))
+    try:
+        summary = run_grid(
+            trials,
+            ResultStore(args.results),
+            address=args.address,
+            max_concurrent=args.max_concurrent,
+            plugin_dirs=args.plugins,
+            console=console,
+            checkpoints=args.checkpoints,
+            progress_every=args.progress_every,
+            stall_after=args.stall_warning,
+            on_stored=mirror,
+        )
+    finally:
+        mirror.close()
     consoles.out.print(
         f"done in {summary.seconds:.1f}s: {len(summary.ok)} ok, {len(summary.failed)} failed, "
         f"{summary.skipped} already stored; results in {args.results}",
@@ -115,7 +165,7 @@ def _run(args: argparse.Namespace, consoles: Consoles) -> int:
     return 0
 
 
-def _load_and_warn(grid_path: str, console: Console):
+def _load_and_warn(grid_path: str, overrides, console: Console):
     """Load and expand a grid, printing its warnings (a cell that runs but probably not as meant) on stderr."""
     import warnings
 
@@ -123,7 +173,7 @@ def _load_and_warn(grid_path: str, console: Console):
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", GridWarning)
-        loaded = load_trials(grid_path)
+        loaded = load_trials(grid_path, overrides)
     for warning in caught:
         if issubclass(warning.category, GridWarning):
             console.print(f"[yellow]warning:[/yellow] {warning.message}", highlight=False, soft_wrap=True)
@@ -382,6 +432,15 @@ def _plugins_option(command: argparse.ArgumentParser) -> None:
     )
 
 
+def _claims(args: argparse.Namespace, consoles: Consoles) -> int:
+    from harness.study import command
+    from harness.study.claims import CLAIMS_FILE, STUDY_RESULTS
+
+    return command.run(
+        args.results or STUDY_RESULTS, claims_file=args.claims or CLAIMS_FILE, form=args.format, check=args.check
+    )
+
+
 def _results_option(command: argparse.ArgumentParser, what: str) -> None:
     command.add_argument(
         "--results", type=Path, default=Path("results"), metavar="DIR", help=f"{what} (default: %(default)s)"
@@ -418,9 +477,41 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--dry-run",
         action="store_true",
-        help="print the expanded trials, their count and how many are already stored; start nothing, write nothing",
+        help="print the expanded trials, their count, how many are already stored and each one's estimated "
+        "device-hours and peak memory with its source; start nothing, write nothing",
     )
 
+    run.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a grid key, the value read as YAML (repeatable): --set train.steps=2000 --set seeds=[0,1] "
+        "--set attentions.sinkhorn.temperature=0.5; checked like the grid, part of each trial's config and id",
+    )
+    run.add_argument(
+        "--estimate",
+        action="store_true",
+        help="with --dry-run: time a few training steps of each trial the store has no figures for, on this "
+        "machine (no Ray, random tokens of the trial's shape)",
+    )
+    run.add_argument(
+        "--device-memory",
+        type=float,
+        default=None,
+        metavar="GIB",
+        help="memory of the trials' device, to flag trials estimated above it (default: this machine's GPU for "
+        "GPU trials, its RAM for CPU trials)",
+    )
+    run.add_argument(
+        "--track",
+        action="append",
+        default=[],
+        metavar="KIND=TARGET",
+        help="also mirror each stored trial (config, curve, final metrics) to tensorboard=DIR, mlflow=URI or "
+        "wandb=PROJECT (offline unless WANDB_MODE says otherwise); repeatable; the store stays the source of truth",
+    )
     run.add_argument(
         "--checkpoints",
         default=None,
@@ -477,6 +568,30 @@ def parser() -> argparse.ArgumentParser:
     show.add_argument(
         "--format", choices=["markdown", "csv", "json"], default=None, help="write the table as text to stdout"
     )
+
+    claims = verbs.add_parser(
+        "claims",
+        help="the replication study's claims with verdicts computed from a store",
+        description="Judge every claim of the study (harness/study/claims.yaml) on a store: the paper, ours with its "
+        "95% interval and n, and the verdict. --check FILE exits with status 1 when a verdict differs from FILE.",
+    )
+    claims.add_argument(
+        "--results",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="Parquet store to read (default: the study's store, harness/study/results/replication)",
+    )
+    claims.add_argument(
+        "--format",
+        choices=["markdown", "csv"],
+        default="markdown",
+        help="markdown: one row per claim; csv: one row per claim and arm (default: %(default)s)",
+    )
+    claims.add_argument(
+        "--check", type=Path, default=None, metavar="FILE", help="expected verdicts (YAML: claim id -> verdict)"
+    )
+    claims.add_argument("--claims", type=Path, default=None, metavar="FILE", help="claims file (default: the study's)")
 
     again = verbs.add_parser(
         "rerun",
@@ -545,7 +660,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     consoles = Consoles(out=Console(), err=Console(stderr=True))
     console = consoles.err
-    handlers = {"run": _run, "list": _list, "report": _report, "show": _show, "bench": _bench, "rerun": _rerun}
+    handlers = {
+        "run": _run,
+        "list": _list,
+        "report": _report,
+        "show": _show,
+        "bench": _bench,
+        "rerun": _rerun,
+        "claims": _claims,
+    }
     try:
         return handlers[args.verb](args, consoles)
     except ValueError as exc:  # GridError and every plugin/task validation error

@@ -24,6 +24,7 @@ from harness.reporting.paper import Section, load_sections
 from harness.reporting.setup import setup_rows
 from harness.reporting.tables import build_table
 from harness.store import ResultStore
+from harness.study.section import claims_section
 
 
 def slug(text: Any) -> str:
@@ -86,7 +87,8 @@ def build_sections(
     for ablation in (s for s in sections if s.kind == "ablation"):
         shown = _ablation_trials(everything, ablation.tasks)
         run = run[~run["trial_id"].isin(shown.loc[shown["attrs"].map(lambda a: not a["plain"]), "trial_id"])]
-    out = []
+    claims = claims_section(frame)  # opens the page when the store holds a protocol of the study's claims
+    out = [claims] if claims is not None else []
     covered = {SPEED_TASK, MODEL_TASK}
     for section in sections:
         if section.kind == "table":

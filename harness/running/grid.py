@@ -11,6 +11,7 @@ import hashlib
 import itertools
 import json
 import warnings
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -20,6 +21,8 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError,
 
 import attentions
 import tasks
+from harness.running.overrides import Override, blame
+from harness.running.overrides import apply as apply_overrides
 
 GRIDS_DIR = Path(__file__).parent.parent / "grids"
 # Fields of a trial's config that cannot change its result, left out of the trial id (section -> keys): where and how
@@ -180,11 +183,28 @@ def _where(loc: tuple) -> str:
     return ".".join(str(part) for part in loc if not str(part).startswith(("str", "dict[")))
 
 
-def load(grid: str | Path) -> Grid:
-    """Read and validate a grid file (or shipped grid name); raises ``GridError`` naming file and field."""
+def load(grid: str | Path, overrides: Sequence[Override] = ()) -> Grid:
+    """Read and validate a grid file (or shipped grid name) with ``--set`` ``overrides`` applied; raises
+    ``GridError`` naming file and field (and the ``--set`` it came from)."""
     path = resolve_path(grid)
     data = _read_yaml(path)
     data.setdefault("name", path.stem)
+    try:
+        data, _ = apply_overrides(data, overrides)
+        return _validate(path, data)
+    except GridError as exc:
+        raise GridError(blame(str(exc), overrides)) from None
+
+
+def override_changes(grid: str | Path, overrides: Sequence[Override]) -> list[tuple[Override, Any]]:
+    """(override, the grid's value before it) pairs, for ``--dry-run`` to show what ``--set`` changed."""
+    path = resolve_path(grid)
+    data = _read_yaml(path)
+    data.setdefault("name", path.stem)
+    return apply_overrides(data, overrides)[1]
+
+
+def _validate(path: Path, data: dict[str, Any]) -> Grid:
     try:
         parsed = Grid.model_validate(data)
     except ValidationError as exc:
@@ -329,8 +349,11 @@ def _check_cell(
             raise GridError(f"{path}: attentions.{name} {params or ''} on task {task} ({spec.kind}): {exc}") from None
 
 
-def load_trials(grid: str | Path) -> tuple[Grid, list[Trial]]:
+def load_trials(grid: str | Path, overrides: Sequence[Override] = ()) -> tuple[Grid, list[Trial]]:
     """``load`` then ``expand``: what ``attnbench run`` does before touching Ray or the store."""
     path = resolve_path(grid)
-    parsed = load(path)
-    return parsed, expand(parsed, path)
+    parsed = load(path, overrides)
+    try:
+        return parsed, expand(parsed, path)
+    except GridError as exc:
+        raise GridError(blame(str(exc), overrides)) from None

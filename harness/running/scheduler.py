@@ -14,6 +14,7 @@ import json
 import os
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -184,6 +185,7 @@ def run_grid(
     checkpoints: str | None = None,
     progress_every: float = 30.0,
     stall_after: float = 600.0,
+    on_stored: Callable[[Trial, list[dict[str, Any]]], None] | None = None,
 ) -> GridSummary:
     """Run every trial not already stored as ok; write each to ``store`` as soon as it finishes.
 
@@ -191,6 +193,8 @@ def run_grid(
     again: after Ray retries a dead worker, and when a killed driver runs the grid again. A trial's checkpoints are
     removed once its result is stored, unless its ``train.keep_checkpoints`` is set. ``progress_every`` is the
     period of the plain progress lines when stderr is not a terminal; ``stall_after`` the silence that is warned of.
+    ``on_stored(trial, rows)`` is called after each trial's rows are written (``--track`` mirrors them); whatever it
+    raises is a warning, never a lost trial.
     """
     import ray
 
@@ -213,7 +217,9 @@ def run_grid(
     errors: list[str] = []  # of this run's failed trials, for the end-of-run summary of shared causes
     try:
         for trial, message in unplaceable(pending, embedded=started_ray, warn=lambda m: console.print(f"[yellow]{m}")):
-            store.write_trial(trial.trial_id, _rows(trial, {"error": f"{trial.label} {message}"}, sha))
+            rows = _rows(trial, {"error": f"{trial.label} {message}"}, sha)
+            store.write_trial(trial.trial_id, rows)
+            _stored(on_stored, trial, rows, console)
             summary.failed.append(trial.trial_id)
             errors.append(message)
             console.print(f"[red]failed[/red] {trial.label} {message}", highlight=False)
@@ -237,7 +243,9 @@ def run_grid(
                         outcome = ray.get(ref)
                     except Exception as exc:  # the worker died (after Ray's retries) or the task was cancelled
                         outcome = {"error": f"{type(exc).__name__}: {str(exc).strip()[:2000]}"}
-                    store.write_trial(trial.trial_id, _rows(trial, outcome, sha))
+                    rows = _rows(trial, outcome, sha)
+                    store.write_trial(trial.trial_id, rows)
+                    _stored(on_stored, trial, rows, console)
                     if not outcome.get("error") and not trial.train.get("keep_checkpoints"):
                         TrialCheckpoints(checkpoints, trial.trial_id).remove()
                     (summary.failed if outcome.get("error") else summary.ok).append(trial.trial_id)
@@ -257,6 +265,16 @@ def run_grid(
     summary.seconds = time.perf_counter() - clock
     _say_shared_causes(errors, console)
     return summary
+
+
+def _stored(on_stored, trial: Trial, rows: list[dict[str, Any]], console: Console) -> None:
+    """Hand a stored trial's rows to ``on_stored``; the trial is safe in the store whatever happens here."""
+    if on_stored is None:
+        return
+    try:
+        on_stored(trial, rows)
+    except Exception as exc:
+        console.print(f"[yellow]after storing {trial.trial_id}: {type(exc).__name__}: {exc}[/yellow]", highlight=False)
 
 
 def _say_shared_causes(errors: list[str], console: Console) -> None:

@@ -62,7 +62,7 @@ def test_a_field_added_later_keeps_stored_ids_at_its_default_and_makes_a_new_tri
     compiled = {t.label: t.trial_id for t in load_trials(write(tmp_path, BASE + "  compile: true\n", "on.yaml"))[1]}
     assert said == default and not set(compiled.values()) & set(default.values())
     # Trials stored before `train.compile` existed (the committed replication store) keep their ids today.
-    store = Path(__file__).parents[2] / "results" / "replication"
+    store = Path(__file__).parents[2] / "harness" / "study" / "results" / "replication"
     table = pq.read_table(next(iter(sorted(store.glob("*.parquet")))), columns=["trial_id", "config"])
     stored_id, config = table["trial_id"][0].as_py(), json.loads(table["config"][0].as_py())
     assert "compile" not in config["train"] and trial_id_of(config) == stored_id

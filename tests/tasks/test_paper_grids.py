@@ -53,3 +53,23 @@ def test_paper_rows():
         trials = load_trials(table)[1]
         assert {r for r in rows(trials) if r[0] == "sortcut"} == {("sortcut", b, 2) for b in (8, 16, 32)}
         assert len(trials) == tasks_count * 7
+
+
+LONG_STEPS = 10_000
+
+
+def _long_or_paper(grid: str) -> bool:
+    parsed = load_trials(grid)[0]
+    return parsed.train.steps > LONG_STEPS or (grid.startswith("paper/") and not grid.endswith("_smoke"))
+
+
+@pytest.mark.parametrize("grid", [g for g in shipped_grids() if _long_or_paper(g)])
+def test_long_grids_draw_a_curve_checkpoint_and_say_what_select_does(grid):
+    """A long trial that loses its node resumes from a recent checkpoint instead of step 0, and draws a curve."""
+    from harness.running.grid import GRIDS_DIR
+
+    train = load_trials(grid)[0].train
+    assert 0 < train.eval_every <= train.steps // 10, f"{grid}: eval_every={train.eval_every} of {train.steps}"
+    assert 0 < train.checkpoint_every <= train.steps // 10, f"{grid}: checkpoint_every={train.checkpoint_every}"
+    assert train.steps % train.checkpoint_every == 0 and train.eval_every % train.checkpoint_every == 0, grid
+    assert "select" in (GRIDS_DIR / f"{grid}.yaml").read_text(), f"{grid}: says nothing about select"

@@ -1,0 +1,195 @@
+"""Write the replication study's documentation page from the claims file and the study's store.
+
+``python -m harness.study.page docs/replication.md [--results DIR]``. Every result number on the page is computed
+here from the store; the paper's values come from the claims file and the protocol prose from its ``sections``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from harness.reporting.labels import attention_label, fmt
+from harness.store import ResultStore
+from harness.study.claims import CLAIMS_FILE, STUDY_DIR, STUDY_RESULTS, ClaimsFile, load_claims
+from harness.study.render import where
+from harness.study.verdicts import (
+    HOLDS,
+    INCONCLUSIVE,
+    ClaimResult,
+    along_training,
+    arm_text,
+    evaluate,
+    paper_text,
+    same_order_every_seed,
+    trial_table,
+)
+
+GPU_RESULTS = STUDY_DIR / "results" / "replication_gpu"
+RULE = (
+    "Every arm of a claim is summarised by its mean over the protocol's seeds and the 95% t-interval of that mean. "
+    "A claim that one arm beats another *holds* when the two intervals are apart in the paper's order (by more than "
+    "the claim's margin, if it names one), *does not hold* when they are apart the other way (or cannot reach the "
+    "margin), and is *inconclusive* when they overlap. *Worst*, *best* and trend claims apply that rule to every pair "
+    "they name: all hold, it holds; any does not, it does not; otherwise inconclusive. A *within* claim holds when "
+    "every point of one interval lies within the stated distance of every point of the other. A protocol with no "
+    "trials yet reads *no data*, one with some of its seeds *incomplete*."
+)
+
+
+def _escape(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def _claim_table(results: list[ClaimResult]) -> list[str]:
+    lines = ["| claim | paper | ours (mean ± 95% interval, n) | verdict |", "| --- | --- | --- | --- |"]
+    for r in results:
+        verdict = f"**{r.verdict}**"
+        if r.detail:
+            verdict += f" ({r.detail})"
+        elif r.verdict == INCONCLUSIVE and same_order_every_seed(r):
+            verdict += " (the same order in every seed)"
+        ours = "; ".join(arm_text(arm, r.claim.metric) for arm in r.arms)
+        cells = [f"{r.claim.sentence} <br>`{r.claim.id}`, {where(r)}", paper_text(r.claim), ours, verdict]
+        lines.append("| " + " | ".join(_escape(c) for c in cells) + " |")
+    return lines
+
+
+def _along(claim_id: str, points: list[dict]) -> str | None:
+    """``holds from step 1,500 on`` and the like, from the verdicts along the val curve."""
+    if not points:
+        return None
+    verdicts = [p["verdict"] for p in points]
+    if all(v == verdicts[-1] for v in verdicts):
+        return f"`{claim_id}`: {verdicts[-1]} at every evaluation ({points[0]['step']:,}-{points[-1]['step']:,})"
+    start = len(points)
+    while start > 0 and verdicts[start - 1] == verdicts[-1]:
+        start -= 1
+    before = ", ".join(f"{p['step']:,} {p['verdict']}" for p in points[:start])
+    return f"`{claim_id}`: {verdicts[-1]} from step {points[start]['step']:,} on (before: {before})"
+
+
+def _protocol_facts(frame: pd.DataFrame, results: list[ClaimResult]) -> str:
+    """Which grids the section's claims read, how many stored trials feed them and how long those trained."""
+    files = list(dict.fromkeys(p for r in results for p in r.claim.protocol))
+    fed = {t["id"] for r in results for arm in r.arms for t in arm.trials}
+    minutes = frame[frame["trial_id"].isin(fed)].drop_duplicates("trial_id")["train_seconds"].dropna() / 60
+    grids = ", ".join(f"`{name}.yaml`" for name in files)
+    if not fed:
+        return f"Grids: {grids}; no trials stored yet."
+    span = f", {minutes.min():.1f}-{minutes.max():.1f} min of training each (one core)" if len(minutes) else ""
+    return f"Grids: {grids}; {len(fed)} stored trials feed these claims{span}."
+
+
+def _gpu_section(frame: pd.DataFrame) -> list[str]:
+    """The one-GPU run of the char protocol (its own store): test bpc per attention, and the val curve."""
+    if frame.empty:
+        return []
+    ok = frame[(frame["status"] == "ok") & (frame["metric"] == "bpc")]
+    trials = trial_table(frame).set_index("trial_id")
+    labels = {t: attention_label(r.attention, r.params, r.tie_kv) for t, r in trials.iterrows()}
+    ok = ok.assign(label=ok["trial_id"].map(labels))
+    final = ok[(ok["split"] == "test") & ok["step"].isna()].groupby("label")["value"].agg(["mean", "count"])
+    curve = ok[(ok["split"] == "val") & ok["step"].notna()].groupby(["step", "label"])["value"].mean().unstack()
+    lines = [
+        "## Past the crossover on one GPU",
+        "",
+        "`table4_gpu.yaml` runs the char protocol for 5,000 steps in bf16 on one GPU (store "
+        "`harness/study/results/replication_gpu/`). One seed per attention, so no interval and no verdict: it shows "
+        "the order the CPU's own 4,000-step runs then confirmed with three seeds.",
+        "",
+        "| attention | test bpc | seeds |",
+        "| --- | --- | --- |",
+        *[f"| {label} | {fmt('bpc', row['mean'])} | {int(row['count'])} |" for label, row in final.iterrows()],
+        "",
+    ]
+    if not curve.empty:
+        lines += [
+            "Val bpc along the run:",
+            "",
+            "| step | " + " | ".join(curve.columns) + " |",
+            "| --- | " + " | ".join("---" for _ in curve.columns) + " |",
+            *[f"| {int(step):,} | " + " | ".join(fmt("bpc", v) for v in row) + " |" for step, row in curve.iterrows()],
+            "",
+        ]
+    return lines
+
+
+def render(claims: ClaimsFile, frame: pd.DataFrame, gpu: pd.DataFrame | None = None) -> str:
+    """The whole page as Markdown."""
+    trials = trial_table(frame)
+    results = [evaluate(claim, claims, frame, trials) for claim in claims.claims]
+    counts = pd.Series([r.verdict for r in results]).value_counts()
+    lines = [
+        "# The replication study",
+        "",
+        "<!-- Generated by `python -m harness.study.page docs/replication.md` from harness/study/claims.yaml and "
+        "the store harness/study/results/replication; edit those, not this page. -->",
+        "",
+        claims.intro.strip(),
+        "",
+        f"**{len(results)} claims:** "
+        + ", ".join(f"{int(counts.get(v, 0))} {v}" for v in counts.index)
+        + f". {frame['trial_id'].nunique()} trials in the store.",
+        "",
+        "## How a verdict is reached",
+        "",
+        RULE,
+        "",
+        "`attnbench claims` prints the same table from the store; "
+        "`attnbench claims --check harness/study/expected_verdicts.yaml` fails when a verdict changes.",
+        "",
+    ]
+    for section in claims.sections:
+        chosen = [r for r in results if r.claim.id.split(".")[0] in section.claims]
+        if not chosen:
+            continue
+        lines += [f"## {section.title}", "", section.text.strip(), "", _protocol_facts(frame, chosen), ""]
+        lines += _claim_table(chosen)
+        along = [_along(r.claim.id, along_training(r.claim, claims, frame, trials)) for r in chosen]
+        along = [a for a in along if a]
+        if along:
+            lines += ["", "The verdict along training (the same rule on the val curve at every evaluation):", ""]
+            lines += [f"* {a}" for a in along]
+        lines.append("")
+    if gpu is not None:
+        lines += _gpu_section(gpu)
+    held = sum(1 for r in results if r.verdict == HOLDS)
+    lines += [f"<!-- {held} of {len(results)} claims hold on this store. -->", ""]
+    return "\n".join(lines)
+
+
+def write_page(
+    out: str | Path,
+    results: str | Path = STUDY_RESULTS,
+    claims_file: str | Path = CLAIMS_FILE,
+    gpu_results: str | Path | None = GPU_RESULTS,
+) -> Path:
+    frame = ResultStore(results).read()
+    gpu = ResultStore(gpu_results).read() if gpu_results is not None else None
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(render(load_claims(claims_file), frame, gpu), encoding="utf-8")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m harness.study.page", description=__doc__.split("\n\n")[0])
+    parser.add_argument("out", type=Path, help="the Markdown page to write, e.g. docs/replication.md")
+    parser.add_argument("--results", type=Path, default=STUDY_RESULTS, help="the study's store (default: %(default)s)")
+    parser.add_argument("--claims", type=Path, default=CLAIMS_FILE, help="claims file (default: %(default)s)")
+    args = parser.parse_args(argv)
+    try:
+        write_page(args.out, args.results, args.claims)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,242 @@
+"""Verdicts of the study's claims, computed from a results store.
+
+The rule (the study's, stated once): each arm is summarised by its mean over seeds and the 95% t-interval of that
+mean (``harness.reporting.labels.mean_ci``), in the units the report shows (percent for accuracy and exact match) and
+oriented by the metric's direction (lower is better for bpc, perplexity, edit distance, loss).
+
+* ``a`` beats ``b`` by ``margin`` *holds* when a's worst interval end is ahead of b's best end by more than the margin
+  (with margin 0: the intervals are apart, in the paper's order); it *does not hold* when even a's best end is not
+  ahead of b's worst end by the margin (with margin 0: apart in the opposite order); otherwise *inconclusive*.
+* worst / best / monotone are that pairwise rule over their pairs: all pairs hold -> holds; any pair does not hold ->
+  does not hold; otherwise inconclusive.
+* ``a`` within ``delta`` of ``b`` *holds* when every point of one interval is within delta of every point of the
+  other; *does not hold* when the intervals are more than delta apart; otherwise *inconclusive*.
+
+Before a rule is applied: an arm with no stored value gives *no data*; an arm with fewer seeds than its protocol
+names gives *incomplete* (the values so far are still shown); a single seed has no interval, so its pairs are
+inconclusive.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+from harness.reporting.labels import LOWER_IS_BETTER, PERCENT, attention_label, fmt, mean_ci, parse_json
+from harness.study.claims import Arm, Claim, ClaimsFile, protocol_grid
+
+HOLDS, FAILS, INCONCLUSIVE, NO_DATA, INCOMPLETE = "holds", "does not hold", "inconclusive", "no data", "incomplete"
+VERDICTS = (HOLDS, FAILS, INCONCLUSIVE, NO_DATA, INCOMPLETE)
+
+
+@dataclass
+class ArmResult:
+    """One arm of a claim as read from the store: its label, the paper's value, the seeds' values and the interval."""
+
+    name: str
+    label: str
+    mean: float
+    half: float
+    n: int
+    expected: int
+    trials: list[dict] = field(default_factory=list)  # {id, seed, value}
+
+    @property
+    def interval(self) -> tuple[float, float]:
+        return self.mean - self.half, self.mean + self.half
+
+
+@dataclass
+class ClaimResult:
+    claim: Claim
+    verdict: str
+    arms: list[ArmResult]
+    detail: str = ""
+
+
+def trial_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """One row per stored trial: grid, seed, status, attention, params and whether K = V is tied."""
+    if frame.empty:
+        return pd.DataFrame(columns=["trial_id", "grid", "seed", "status", "attention", "params", "tie_kv"])
+    first = frame.drop_duplicates("trial_id")
+    configs = first["config"].map(parse_json)
+    return pd.DataFrame(
+        {
+            "trial_id": first["trial_id"].to_numpy(),
+            "grid": first["grid"].to_numpy(),
+            "seed": first["seed"].to_numpy(),
+            "status": first["status"].to_numpy(),
+            "attention": first["attention"].to_numpy(),
+            "params": first["params"].map(parse_json).to_numpy(),
+            "tie_kv": configs.map(lambda c: bool((c.get("model") or {}).get("tie_kv", False))).to_numpy(),
+        }
+    )
+
+
+def _arm_trials(trials: pd.DataFrame, claim: Claim, arm: Arm) -> pd.DataFrame:
+    grids = {protocol_grid(name).name for name in claim.protocol}
+    seeds = {seed for name in claim.protocol for seed in protocol_grid(name).seeds}
+    picked = trials[
+        trials["grid"].isin(grids)
+        & trials["seed"].isin(seeds)
+        & (trials["attention"] == arm.attention)
+        & (trials["tie_kv"] == arm.tie_kv)
+    ]
+    same = [params == arm.params for params in picked["params"]]
+    return picked.loc[pd.Series(same, index=picked.index, dtype=bool)]
+
+
+def expected_seeds(claim: Claim) -> int:
+    return len({seed for name in claim.protocol for seed in protocol_grid(name).seeds})
+
+
+def arm_result(
+    name: str, arm: Arm, claim: Claim, trials: pd.DataFrame, frame: pd.DataFrame, split: str, step: int | None
+) -> ArmResult:
+    """The arm's values on ``split`` (the final rows, or the periodic rows of ``step``) over its protocol's seeds."""
+    picked = _arm_trials(trials, claim, arm)
+    rows = frame[
+        frame["trial_id"].isin(picked.loc[picked["status"] == "ok", "trial_id"])
+        & (frame["status"] == "ok")
+        & (frame["split"] == split)
+        & (frame["metric"] == claim.metric)
+    ]
+    rows = rows[rows["step"].isna()] if step is None else rows[rows["step"] == step]
+    rows = rows.drop_duplicates("trial_id").merge(picked[["trial_id", "seed"]], on="trial_id", suffixes=("_row", ""))
+    rows = rows.sort_values("seed")
+    values = rows["value"].astype(float) * (100.0 if claim.metric in PERCENT else 1.0)
+    mean, half, n = mean_ci(values) if len(values) else (math.nan, math.nan, 0)
+    return ArmResult(
+        name=name,
+        label=arm.label or attention_label(arm.attention, arm.params, arm.tie_kv),
+        mean=mean,
+        half=half,
+        n=n,
+        expected=expected_seeds(claim),
+        trials=[
+            {"id": t, "seed": int(s), "value": float(v)}
+            for t, s, v in zip(rows["trial_id"], rows["seed"], values, strict=True)
+        ],
+    )
+
+
+def _oriented(arm: ArmResult, metric: str) -> tuple[float, float]:
+    """The interval with "higher is better" whatever the metric."""
+    low, high = arm.interval
+    return (-high, -low) if metric in LOWER_IS_BETTER else (low, high)
+
+
+def beats(a: ArmResult, b: ArmResult, metric: str, margin: float = 0.0) -> str:
+    """Does ``a`` beat ``b`` by ``margin``? The pairwise rule every comparison kind is made of."""
+    if a.n < 2 or b.n < 2:
+        return INCONCLUSIVE
+    (a_low, a_high), (b_low, b_high) = _oriented(a, metric), _oriented(b, metric)
+    if a_low - b_high > margin:
+        return HOLDS
+    if a_high - b_low < margin:
+        return FAILS
+    return INCONCLUSIVE
+
+
+def within(a: ArmResult, b: ArmResult, delta: float) -> str:
+    if a.n < 2 or b.n < 2:
+        return INCONCLUSIVE
+    (a_low, a_high), (b_low, b_high) = a.interval, b.interval
+    if max(a_high - b_low, b_high - a_low) <= delta:
+        return HOLDS
+    if max(a_low - b_high, b_low - a_high) > delta:
+        return FAILS
+    return INCONCLUSIVE
+
+
+def combine(pairs: list[str]) -> str:
+    if all(p == HOLDS for p in pairs):
+        return HOLDS
+    return FAILS if FAILS in pairs else INCONCLUSIVE
+
+
+def rule(claim: Claim, arms: dict[str, ArmResult]) -> str:
+    """The claim's verdict from its arms' intervals (the arms all have data)."""
+    m = claim.metric
+    if claim.compare == "better":
+        return beats(arms[claim.a], arms[claim.b], m, claim.margin)
+    if claim.compare == "within":
+        return within(arms[claim.a], arms[claim.b], claim.delta)  # type: ignore[arg-type]
+    if claim.compare == "worst":
+        return combine([beats(arms[o], arms[claim.a], m) for o in claim.of])
+    if claim.compare == "best":
+        return combine([beats(arms[claim.a], arms[o], m) for o in claim.of])
+    steps = list(itertools.pairwise(claim.along))
+    if claim.direction == "improves":
+        return combine([beats(arms[after], arms[before], m) for before, after in steps])
+    return combine([beats(arms[before], arms[after], m) for before, after in steps])
+
+
+def evaluate(
+    claim: Claim,
+    claims: ClaimsFile,
+    frame: pd.DataFrame,
+    trials: pd.DataFrame | None = None,
+    split: str | None = None,
+    step: int | None = None,
+) -> ClaimResult:
+    """One claim's verdict: on its own split and step, or (``split``/``step`` given) at another evaluation."""
+    trials = trial_table(frame) if trials is None else trials
+    split = split or claim.split
+    step = claim.step if split == claim.split and step is None else step
+    arms = {name: arm_result(name, claims.arms[name], claim, trials, frame, split, step) for name in claim.arm_names()}
+    listed = [arms[name] for name in claim.arm_names()]
+    missing = [a.label for a in listed if a.n == 0]
+    if missing:
+        return ClaimResult(claim, NO_DATA, listed, "no stored value for " + ", ".join(missing))
+    short = [f"{a.label} {a.n} of {a.expected} seeds" for a in listed if a.n < a.expected]
+    if short:
+        return ClaimResult(claim, INCOMPLETE, listed, "; ".join(short))
+    return ClaimResult(claim, rule(claim, arms), listed)
+
+
+def evaluate_all(claims: ClaimsFile, frame: pd.DataFrame) -> list[ClaimResult]:
+    trials = trial_table(frame)
+    return [evaluate(claim, claims, frame, trials) for claim in claims.claims]
+
+
+def along_training(claim: Claim, claims: ClaimsFile, frame: pd.DataFrame, trials: pd.DataFrame) -> list[dict]:
+    """The claim's rule at every evaluation step of the val curve: [{step, verdict}], empty without curve rows."""
+    arm_trials = set()
+    for name in claim.arm_names():
+        arm_trials.update(_arm_trials(trials, claim, claims.arms[name])["trial_id"])
+    curve = frame[
+        frame["trial_id"].isin(arm_trials)
+        & (frame["split"] == "val")
+        & (frame["metric"] == claim.metric)
+        & frame["step"].notna()
+    ]
+    return [
+        {"step": int(step), "verdict": evaluate(claim, claims, frame, trials, split="val", step=int(step)).verdict}
+        for step in sorted(curve["step"].unique())
+    ]
+
+
+def arm_text(arm: ArmResult, metric: str) -> str:
+    """``Sinkhorn (8) 99.69 ± 1.35 (n=3)``."""
+    if arm.n == 0:
+        return f"{arm.label}: no data"
+    half = "" if math.isnan(arm.half) else f" ± {fmt(metric, arm.half)}"
+    return f"{arm.label} {fmt(metric, arm.mean)}{half} (n={arm.n})"
+
+
+def paper_text(claim: Claim) -> str:
+    return ", ".join(f"{k} {v}" for k, v in claim.paper.items()) or "–"
+
+
+def same_order_every_seed(result: ClaimResult) -> bool:
+    """For a two-arm claim: do the arms keep one order (either way) in every seed they share? The test for whether
+    more seeds could settle an inconclusive verdict."""
+    if result.claim.compare not in ("better", "within") or len(result.arms) != 2:
+        return False
+    a, b = ({t["seed"]: t["value"] for t in arm.trials} for arm in result.arms)
+    differences = [a[seed] - b[seed] for seed in sorted(set(a) & set(b))]
+    return len(differences) >= 2 and (all(d > 0 for d in differences) or all(d < 0 for d in differences))
