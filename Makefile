@@ -10,14 +10,14 @@ export PYTHONUNBUFFERED := 1
 CORPORA ?= $(or $(ATTNBENCH_CORPORA),$(HOME)/.cache/attnbench/corpora)
 CORPUS_SHA256 := f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacff393be
 
-.PHONY: install kernel corpus browser demo test bench bench-check bench-baseline lint clean replicate
+.PHONY: install kernel corpus browser demo test docs bench bench-check bench-baseline lint clean replicate
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PIP) install --upgrade pip
 	# torch first and pinned: 2.13.0 is the CPU build on these machines; an unpinned torch pulls CUDA wheels.
 	$(PIP) install torch==2.13.0
-	$(PIP) install -e '.[dev]'
+	$(PIP) install -e '.[dev,docs]'
 	touch $@
 
 install: $(VENV)/.installed corpus kernel
@@ -44,6 +44,11 @@ browser:
 
 test: install browser
 	$(PY) -m pytest -q tests --ignore=tests/bench
+
+# The documentation site (mkdocs.yml, docs/) into site/; --strict turns a broken link or a page missing from the
+# nav into an error. `make test` builds it too (tests/test_docs.py).
+docs: $(VENV)/.installed
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir site
 
 # The full sweep: pytest-benchmark (1K-16K, the Sinkhorn family against vanilla and the public peer, scheduler
 # throughput; the model-level table at 1K-4K with its targets), saved under .benchmarks/. The peer package is a benchmark-only extra.

@@ -21,6 +21,7 @@ EXAMPLES = """examples:
   attnbench list | grep sink                  what exists: attentions, tasks, shipped grids
   attnbench run smoke --dry-run               the demo grid's trials, without running them
   attnbench run smoke && attnbench report     run the demo grid, then render reports/report.html
+  attnbench show --task sort --format csv     the stored results of one task, as CSV
   attnbench run my_grid.yaml --address auto   run on the Ray cluster this machine belongs to
 """
 
@@ -116,7 +117,7 @@ def _warn_over_memory(trials: list, args: argparse.Namespace, console: Console) 
 
 def _run(args: argparse.Namespace, consoles: Consoles) -> int:
     import attentions
-    from harness.running.grid import load_trials, override_changes
+    from harness.running.grid import override_changes
     from harness.running.overrides import parse as parse_overrides
     from harness.tracking import Mirror
     from harness.tracking import parse as parse_track
@@ -127,7 +128,7 @@ def _run(args: argparse.Namespace, consoles: Consoles) -> int:
         raise ValueError("--estimate: measures trials for --dry-run; add --dry-run")
     for folder in args.plugins:
         attentions.load_plugin_dir(folder)
-    grid, trials = load_trials(args.grid, overrides)
+    grid, trials = _load_and_warn(args.grid, overrides, consoles.err)
     if args.dry_run:
         return _dry_run(grid, trials, args, consoles, override_changes(args.grid, overrides))
 
@@ -158,9 +159,60 @@ def _run(args: argparse.Namespace, consoles: Consoles) -> int:
         f"{summary.skipped} already stored; results in {args.results}",
         highlight=False,
     )
+    _print_results(ResultStore(args.results).read(), grid.name, {t.trial_id for t in trials}, consoles.out)
     if summary.failed:
         console.print(f"[red]{len(summary.failed)} trials failed; their errors are stored (status = failed)[/red]")
         return EXIT_TRIALS_FAILED
+    return 0
+
+
+def _load_and_warn(grid_path: str, overrides, console: Console):
+    """Load and expand a grid, printing its warnings (a cell that runs but probably not as meant) on stderr."""
+    import warnings
+
+    from harness.running.grid import GridWarning, load_trials
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", GridWarning)
+        loaded = load_trials(grid_path, overrides)
+    for warning in caught:
+        if issubclass(warning.category, GridWarning):
+            console.print(f"[yellow]warning:[/yellow] {warning.message}", highlight=False, soft_wrap=True)
+        else:
+            warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
+    return loaded
+
+
+def _print_table(console: Console, table) -> None:
+    """A terminal keeps its own width; piped or captured output gets room enough that no cell is wrapped or cut."""
+    if console.is_terminal:
+        console.print(table)
+    else:
+        Console(file=console.file, width=max(console.width, 200)).print(table)
+
+
+def _print_results(frame, grid: str, trial_ids: set[str], out: Console) -> None:
+    """The grid's results as one table: mean ± 95% interval over seeds and n, per attention setting and metric."""
+    from harness.reporting.summary import rich_table, summarize
+
+    table = summarize(frame, trial_ids=trial_ids)
+    if len(table):
+        _print_table(out, rich_table(table, title=f"grid {grid}: mean ± 95% interval over seeds"))
+
+
+def _show(args: argparse.Namespace, consoles: Consoles) -> int:
+    from harness.reporting.summary import export, rich_table, summarize
+    from harness.store import ResultStore
+
+    frame = ResultStore(args.results).read()
+    if frame.empty:
+        raise ValueError(f"{args.results}: the results store is empty or missing (run a grid first)")
+    table = summarize(frame, grid=args.grid, task=args.task, attention=args.attention)
+    if args.format:
+        sys.stdout.write(export(table, args.format))  # plain text, never wrapped: meant for files and pipes
+    else:
+        _print_table(consoles.out, rich_table(table))
+    consoles.err.print(f"{len(table)} rows from {args.results}", highlight=False, soft_wrap=True)
     return 0
 
 
@@ -502,6 +554,22 @@ def parser() -> argparse.ArgumentParser:
         help="page to write (default: %(default)s)",
     )
 
+    show = verbs.add_parser(
+        "show",
+        help="list or export stored results: mean ± 95%% interval over seeds per attention setting and metric",
+        description="List the store's results, one row per grid, task, attention setting, split and metric: the "
+        "mean over seeds, the half-width of its 95% t-interval and n (accuracy and exact match in %). Without "
+        "--format, a table for the terminal.",
+    )
+    _results_option(show, "Parquet store to read")
+    for name in ("grid", "task", "attention"):
+        show.add_argument(
+            f"--{name}", action="append", default=None, metavar=name.upper(), help=f"only this {name} (repeatable)"
+        )
+    show.add_argument(
+        "--format", choices=["markdown", "csv", "json"], default=None, help="write the table as text to stdout"
+    )
+
     claims = verbs.add_parser(
         "claims",
         help="the replication study's claims with verdicts computed from a store",
@@ -593,7 +661,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     consoles = Consoles(out=Console(), err=Console(stderr=True))
     console = consoles.err
-    handlers = {"run": _run, "list": _list, "report": _report, "bench": _bench, "rerun": _rerun, "claims": _claims}
+    handlers = {
+        "run": _run,
+        "list": _list,
+        "report": _report,
+        "show": _show,
+        "bench": _bench,
+        "rerun": _rerun,
+        "claims": _claims,
+    }
     try:
         return handlers[args.verb](args, consoles)
     except ValueError as exc:  # GridError and every plugin/task validation error

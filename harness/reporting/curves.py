@@ -11,7 +11,7 @@ import pandas as pd
 import seaborn as sns
 
 from harness.reporting.figures import _grid, _png, _text
-from harness.reporting.labels import METRIC_LABEL, PERCENT, context_captions, mean_ci, scaled
+from harness.reporting.labels import METRIC_LABEL, clipped_interval, context_captions, mean_ci, scaled
 
 
 def curve_rows(frame: pd.DataFrame) -> pd.DataFrame:
@@ -60,10 +60,8 @@ def curves_figure(frame: pd.DataFrame, trials: pd.DataFrame) -> dict | None:
             drawn = drawn.sort_values("step")
             ax.plot(drawn["step"], drawn["mean"], marker="o", markersize=3, label=_text(str(line)))
             # the band is cut to the values the metric can take (with 2 seeds a t-interval easily passes 100%)
-            low, high = (0.0, 100.0) if metric in PERCENT else (0.0, None)
-            lower = (drawn["mean"] - drawn["ci"]).clip(lower=low, upper=high)
-            upper = (drawn["mean"] + drawn["ci"]).clip(lower=low, upper=high)
-            ax.fill_between(drawn["step"], lower, upper, alpha=0.2)
+            band = [clipped_interval(metric, m, h) for m, h in zip(drawn["mean"], drawn["ci"], strict=True)]
+            ax.fill_between(drawn["step"], [b[0] for b in band], [b[1] for b in band], alpha=0.2)
         ax.set_title(_text(f"{task} · {captions[context]}"), fontsize=8, wrap=True)
         ax.set_xlabel("training step")
         ax.set_ylabel(f"val {METRIC_LABEL.get(metric, metric)}")

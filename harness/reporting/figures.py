@@ -21,6 +21,7 @@ from harness.reporting.labels import (
     METRIC_LABEL,
     SPEED_TASK,
     attention_label,
+    clipped_interval,
     context_captions,
     fmt,
     mean_ci,
@@ -53,6 +54,14 @@ def _grid(panels: int, width: float = 4.8, height: float = 3.4, columns: int = 3
     return figure, axes[:panels]
 
 
+def _error_bar(metric: str, means: list[float], halves: list[float]) -> list[list[float]]:
+    """Asymmetric error-bar lengths for matplotlib: each interval cut to the values the metric can take."""
+    cut = [clipped_interval(metric, m, h) for m, h in zip(means, halves, strict=True)]
+    below = [m - low for m, (low, _) in zip(means, cut, strict=True)]
+    above = [high - m for m, (_, high) in zip(means, cut, strict=True)]
+    return [below, above]
+
+
 def headline_figure(points: pd.DataFrame, order: list[str] | None = None) -> dict | None:
     """One panel per column (setting · split · metric): each attention's mean over seeds with its 95% t-interval, and
     the seeds themselves as small dots. ``points`` holds final rows: ``facet, label, metric, value`` (as displayed),
@@ -81,7 +90,8 @@ def headline_figure(points: pd.DataFrame, order: list[str] | None = None) -> dic
                     continue
                 mean, ci, n = mean_ci(got)
                 half = 0.0 if math.isnan(ci) else ci
-                ax.errorbar([mean], [y], xerr=[half], fmt="D", color=palette[line], markersize=6, capsize=4)
+                ax.errorbar([mean], [y], xerr=_error_bar(part["metric"].iloc[0], [mean], [half]), fmt="D",
+                            color=palette[line], markersize=6, capsize=4)  # fmt: skip
                 summary.append({"facet": facet, "label": labels[y], "mean": mean, "ci": half, "n": n})
             ax.set_title(_text(facet), fontsize=9)
             ax.set_xlabel("mean over seeds, 95% CI (dots: seeds)")
@@ -105,7 +115,7 @@ def sweep_figure(param: str, trials: pd.DataFrame, values: pd.DataFrame) -> dict
     for (trial_id, split, metric), rows in got.groupby(["trial_id", "split", "metric"]):
         trial = chosen.loc[trial_id]
         setting = {k: v for k, v in trial["setting"].items() if k != "task"}
-        others = {k: v for k, v in trial["params"].items() if k != param}
+        others = {k: v for k, v in trial["shown"].items() if k != param}
         line = attention_label(str(trial["attention"]), others, bool(trial["attrs"]["tie_kv"]))
         if multi:
             line += f" · {captions[trial['context']]}"
@@ -137,6 +147,7 @@ def sweep_figure(param: str, trials: pd.DataFrame, values: pd.DataFrame) -> dict
                 "facet": facet,
                 "line": line,
                 "x": x,
+                "metric": metric,
                 "mean": mean,
                 "ci": 0.0 if math.isnan(ci) else ci,
                 "text": fmt(metric, mean),
@@ -155,7 +166,8 @@ def sweep_figure(param: str, trials: pd.DataFrame, values: pd.DataFrame) -> dict
             palette = dict(zip(lines, sns.color_palette("colorblind", len(lines)), strict=True))
             sns.lineplot(data=data, x="x", y="mean", hue="line", palette=palette, marker="o", ax=ax, errorbar=None)
             for line, part in data.groupby("line"):
-                ax.errorbar(part["x"], part["mean"], yerr=part["ci"], fmt="none", ecolor=palette[line], capsize=3)
+                bars = _error_bar(part["metric"].iloc[0], part["mean"].tolist(), part["ci"].tolist())
+                ax.errorbar(part["x"], part["mean"], yerr=bars, fmt="none", ecolor=palette[line], capsize=3)
             ax.set_title(_text(facet), fontsize=9)
             ax.set_xlabel("τ (temperature)" if param == "temperature" else _text(param))
             ax.set_ylabel("mean over seeds, 95% CI")

@@ -7,8 +7,10 @@ training, task parameters): seeds of different experiments must never be average
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
+from functools import cache
 from typing import Any
 
 import pandas as pd
@@ -54,6 +56,64 @@ def attention_label(attention: str, params: dict[str, Any], tie_kv: bool = False
     return f"{name} [{', '.join(rest)}]" if rest else name
 
 
+@cache
+def _plugin_defaults(attention: str) -> tuple[tuple[str, Any], ...]:
+    try:
+        import attentions
+
+        found = attentions.parameters(attention)
+    except ValueError:  # a plugin this process has not loaded (--plugins DIR): only its stored parameters are known
+        return ()
+    return tuple((k, p.default) for k, p in found.items() if p.default is not inspect.Parameter.empty)
+
+
+def effective_params(attention: str, params: dict[str, Any]) -> dict[str, Any]:
+    """The parameters a trial ran with: the stored (grid) ones over the plugin's defaults (``sinkhorn: {}`` ran
+    with ``block_size=32``). Defaults are the registered plugin's, so a plugin that is not loaded keeps its own."""
+    return {**dict(_plugin_defaults(attention)), **params}
+
+
+def shown_params(trials: list[tuple[str, str, dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Per trial (group, attention, stored params): what its label shows. The block size always (defaults included),
+    every parameter the grid set, and every parameter whose effective value differs between trials of the same
+    attention in the same group (one grid's experiment), so rows that differ never share a label and a default is
+    never hidden behind a bare name."""
+    effective = [effective_params(a, p) for _, a, p in trials]
+    seen: dict[tuple[str, str], dict[str, set[str]]] = {}
+    for (group, attention, _), values in zip(trials, effective, strict=True):
+        for key, value in values.items():
+            text = json.dumps(value, sort_keys=True, default=str)
+            seen.setdefault((group, attention), {}).setdefault(key, set()).add(text)
+    shown = []
+    for (group, attention, params), values in zip(trials, effective, strict=True):
+        varying = {k for k, v in seen.get((group, attention), {}).items() if len(v) > 1}
+        keep = set(params) | varying | {"block_size", "budget"}
+        shown.append({k: v for k, v in values.items() if k in keep})
+    return shown
+
+
+def metric_range(metric: str) -> tuple[float | None, float | None]:
+    """The values a metric can take, as displayed (percent metrics in %): where a drawn interval is cut off."""
+    if metric in PERCENT:
+        return 0.0, 100.0
+    if metric == "perplexity":
+        return 1.0, None
+    if metric in LOWER_IS_BETTER:  # losses, bits and edit distance are never negative
+        return 0.0, None
+    return None, None
+
+
+def clipped_interval(metric: str, mean: float, half: float) -> tuple[float, float]:
+    """``mean - half`` and ``mean + half`` cut to the metric's range (with 2 seeds a t-interval easily leaves it)."""
+    low, high = metric_range(metric)
+    lower, upper = mean - half, mean + half
+    if low is not None:
+        lower, upper = max(lower, low), max(upper, low)
+    if high is not None:
+        lower, upper = min(lower, high), min(upper, high)
+    return lower, upper
+
+
 def mean_ci(values: pd.Series) -> tuple[float, float, int]:
     """Mean, half-width of the 95% t-interval (nan for a single seed), and the count."""
     n = int(values.count())
@@ -69,7 +129,8 @@ def fmt(metric: str, value: float | None) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "–"
     digits = DIGITS.get(metric)
-    return f"{value:.{digits}f}" if digits is not None else f"{value:.4g}"
+    text = f"{value:.{digits}f}" if digits is not None else f"{value:.4g}"
+    return text[1:] if text.startswith("-") and not text.strip("-0.") else text  # -0.00 reads as 0.00
 
 
 def last_line(error: Any) -> str:
@@ -180,14 +241,24 @@ def data_caption(data: Any) -> str | None:
 def trial_info(frame: pd.DataFrame) -> pd.DataFrame:
     """One record per trial (ok or failed) with its parsed config, label, row attributes, setting and context."""
     records = []
-    for trial_id, group in frame.groupby("trial_id", sort=True):
-        first = group.iloc[0]
+    groups = list(frame.groupby("trial_id", sort=True))
+    firsts = [group.iloc[0] for _, group in groups]
+    contexts = []
+    for first in firsts:
+        context = context_of(parse_json(first["config"]))
+        if (data := data_caption(first.get("data"))) is not None:
+            context["data"] = data  # trials on different data are never pooled, and the setup line says which
+        contexts.append(context)
+    # an experiment: one grid's trials of one task and context (a sweep varies its parameters inside one grid)
+    keys = [
+        json.dumps([f["grid"], f["task"], c], sort_keys=True, default=str)
+        for f, c in zip(firsts, contexts, strict=True)
+    ]
+    shown = shown_params([(k, str(f["attention"]), parse_json(f["params"])) for k, f in zip(keys, firsts, strict=True)])
+    for (trial_id, group), first, label_params, context in zip(groups, firsts, shown, contexts, strict=True):
         config, params = parse_json(first["config"]), parse_json(first["params"])
         model = config.get("model") or {}
         tie_kv = bool(model.get("tie_kv", False))
-        context = context_of(config)
-        if (data := data_caption(first.get("data"))) is not None:
-            context["data"] = data  # trials on different data are never pooled, and the setup line says which
         records.append(
             {
                 "trial_id": trial_id,
@@ -199,12 +270,13 @@ def trial_info(frame: pd.DataFrame) -> pd.DataFrame:
                 "seed": first["seed"],
                 "attention": first["attention"],
                 "params": params,
+                "shown": label_params,  # what the label names: set by the grid, distinguishing, or the block size
                 "config": config,
                 "finished_at": first["finished_at"],
                 "label": SPEED_LABEL
                 if first["task"] == SPEED_TASK
-                else attention_label(str(first["attention"]), params, tie_kv),
-                "attrs": row_attrs(str(first["attention"]), params, tie_kv),
+                else attention_label(str(first["attention"]), label_params, tie_kv),
+                "attrs": row_attrs(str(first["attention"]), effective_params(str(first["attention"]), params), tie_kv),
                 "setting": task_setting(str(first["task"]), config.get("task_params") or {}, model),
                 "context": json.dumps(context, sort_keys=True, default=str),
                 "memory": group["peak_memory_bytes"].dropna().mean(),
@@ -223,6 +295,7 @@ def trial_info(frame: pd.DataFrame) -> pd.DataFrame:
             "seed",
             "attention",
             "params",
+            "shown",
             "config",
             "finished_at",
             "label",

@@ -48,6 +48,7 @@ class Section:
     param: str | None = None
     columns: tuple[PaperColumn, ...] = ()
     rows: tuple[PaperRow, ...] = ()
+    setup: tuple[tuple[str, str], ...] = ()  # the paper's (length, steps, data), shown beside the run's
 
 
 def matches(selector: dict[str, Any], attrs: dict[str, Any]) -> bool:
@@ -76,7 +77,19 @@ def _section(entry: dict[str, Any], source: str) -> Section:
         param=entry.get("param"),
         columns=columns,
         rows=tuple(rows),
+        setup=_setup(entry.get("setup"), where),
     )
+
+
+SETUP_FIELDS = ("length", "steps", "data")
+
+
+def _setup(setup: Any, where: str) -> tuple[tuple[str, str], ...]:
+    if setup is None:
+        return ()
+    if not isinstance(setup, dict) or set(setup) - set(SETUP_FIELDS):
+        raise ValueError(f"{where}: setup must be a mapping of {', '.join(SETUP_FIELDS)}, got {setup!r}")
+    return tuple((k, " ".join(str(setup[k]).split())) for k in SETUP_FIELDS if k in setup)
 
 
 def load_sections(path: str | Path | None = None) -> tuple[Section, ...]:

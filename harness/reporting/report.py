@@ -21,6 +21,7 @@ from harness.reporting.curves import curves_figure
 from harness.reporting.efficiency import MODEL_TASK, model_table
 from harness.reporting.labels import LM_TASKS, SPEED_TASK, context_captions, last_line, trial_info
 from harness.reporting.paper import Section, load_sections
+from harness.reporting.setup import setup_rows
 from harness.reporting.tables import build_table
 from harness.store import ResultStore
 from harness.study.section import claims_section
@@ -37,7 +38,8 @@ def _table_section(section: Section, trials: pd.DataFrame, values: pd.DataFrame,
     for context, caption in captions.items():
         in_context = trials[trials["context"] == context]
         table = build_table(section, in_context, values, ablation=ablation)
-        table["caption"] = caption
+        table["setup"] = setup_rows(section, in_context, json.loads(context).get("data"))
+        table["caption"] = f"length={table['setup'][-1]['length']}, {caption}"
         order = [row["label"] for row in table["rows"] if not row["paper_only"]]
         table["figure"] = figures.headline_figure(table.pop("points"), order)
         tables.append(table)

@@ -114,7 +114,9 @@ def _row_label(section: Section, trial: pd.Series, ablation: bool) -> str:
         return trial["label"]
     variant = trial["attrs"]["variant"]
     names = [r.label for r in section.rows if r.match.get("variant") == variant]
-    params = {k: v for k, v in trial["params"].items() if k != "sortnet" and not (k == "iterations" and v == 0)}
+    # the variant's name says what is ablated; the label adds what the grid set beside it, and the block that ran
+    shown = {"block_size": trial["shown"].get("block_size"), **trial["params"]}
+    params = {k: v for k, v in shown.items() if k != "sortnet" and not (k == "iterations" and v == 0) and v is not None}
     base = attention_label(str(trial["attention"]), params)
     return f"{names[0] if names else f'variant {variant}'} · {base}"
 
@@ -221,13 +223,14 @@ def _row(
 
 
 def _mark_best(columns: list[dict], body: list[dict]) -> None:
-    """Best mean per column (ours and the paper's separately); ties are all marked."""
+    """Best mean per column (ours and the paper's separately). Ties are all marked, and a tie is what the page shows:
+    every cell that reads as the best does (0.00 beside 0.00 both get the star, whatever the digits beyond)."""
     width = len(body[0]["cells"]) if body else 0
     for index in range(width):
         cells = [row["cells"][index] for row in body if row["cells"][index]["mean"] is not None]
         if not cells:
             continue
         pick = min if cells[0].get("lower") else max
-        best = pick(c["mean"] for c in cells)
+        best = pick(cells, key=lambda c: c["mean"])
         for cell in cells:
-            cell["best"] = cell["mean"] == best
+            cell["best"] = cell["mean"] == best["mean"] or cell["text"] == best["text"]

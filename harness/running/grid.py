@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -283,7 +284,8 @@ def _sweep(params: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def expand(grid: Grid, path: str | Path = "<grid>") -> list[Trial]:
-    """All trials of a grid, each checked by building its plugin(s) once (so invalid cells fail before running)."""
+    """All trials of a grid, each checked by building its plugin(s) once (so invalid cells fail before running).
+    A cell that runs but probably not as meant (a block as long as the sequence) raises a ``GridWarning``."""
     trials = []
     overrides = grid.model.model_dump(exclude_none=True)
     for task_name, task_params in _task_entries(grid):
@@ -297,6 +299,7 @@ def expand(grid: Grid, path: str | Path = "<grid>") -> list[Trial]:
                 continue
             for params in _sweep(swept):
                 _check_cell(path, task_name, spec, model, name, params)
+                _warn_oversized_block(path, task_name, spec, name, params)
                 for seed in grid.seeds:
                     trials.append(
                         Trial(
@@ -313,6 +316,27 @@ def expand(grid: Grid, path: str | Path = "<grid>") -> list[Trial]:
                         )
                     )
     return trials
+
+
+class GridWarning(UserWarning):
+    """A grid cell that runs, but probably not as its author meant (reported, never fatal)."""
+
+
+def _warn_oversized_block(path, task: str, spec: tasks.TaskSpec, name: str, params: dict[str, Any]) -> None:
+    """A block that holds the task's longest sequence makes a block method dense there: Sinkhorn has one block to
+    sort, local attention is vanilla. Easy to miss when the block size is the plugin's default (``sinkhorn: {}``)."""
+    declared = attentions.parameters(name).get("block_size")
+    block = params.get("block_size", None if declared is None else declared.default)
+    if not isinstance(block, int) or isinstance(block, bool) or block < spec.max_len:
+        return
+    origin = "" if "block_size" in params else " (the plugin's default)"
+    warnings.warn(
+        GridWarning(
+            f"{path}: attentions.{name}: block_size={block}{origin} on task {task} covers its longest sequence "
+            f"({spec.max_len}) in one block, so the attention is dense there; set a smaller block_size"
+        ),
+        stacklevel=3,
+    )
 
 
 def _check_cell(

@@ -72,6 +72,10 @@ def test_run_stores_every_trial_and_failures_and_reruns_skip(tmp_path):
     assert {"exact_match", "edit_distance", "loss"} <= set(ok["metric"])
     assert (ok["peak_memory_bytes"] > 0).all() and (ok["tokens_per_second"] > 0).all()
     assert (ok["num_parameters"] > 0).all() and (ok["device"] == "cpu").all()
+    # the run ends with the grid's results as a table: a row per attention setting and metric, failures counted
+    rows = [line for line in first.stdout.splitlines() if " local " in line and "exact_match (%)" in line]
+    assert len(rows) == 2 and all("block_size=4" in row for row in rows)  # test and test_2x
+    assert any(" exploding " in line and line.rstrip(" │").endswith("1") for line in first.stdout.splitlines())
 
     second = cli("run", str(grid), "--results", str(results), "--plugins", str(plugins))
     assert "2 of 3 trials already stored" in second.stderr

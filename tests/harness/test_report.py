@@ -563,8 +563,13 @@ def test_setup_line_names_the_data_and_trials_on_other_data_are_not_pooled(tmp_p
     (section,) = report.build_sections(store.read())
     captions = sorted(t["caption"] for t in section["tables"])
     assert len(captions) == 2
-    assert captions[0].startswith("data=hf:stanfordnlp/imdb@e6281661ce1c, scale=smoke")
-    assert captions[1].startswith("data=pydoc_data.topics passages (123,456 chars)")
+    # the setup line starts with the length that ran (classify's smoke word level: 64 tokens), then the data
+    assert captions[0].startswith("length=64, data=hf:stanfordnlp/imdb@e6281661ce1c, scale=smoke")
+    assert captions[1].startswith("length=64, data=pydoc_data.topics passages (123,456 chars)")
+    setups = [t["setup"] for t in sorted(section["tables"], key=lambda t: t["caption"])]
+    assert setups[0][0] == {"who": "paper", "length": "512 words / 2048 characters", "steps": "15K",
+                            "data": "IMDb (test), SST (dev)"}  # fmt: skip
+    assert setups[0][1]["data"].startswith("hf:stanfordnlp/imdb@") and setups[0][1]["steps"] == "50"
 
 
 EVIL = "<script>alert(1)</script>"
