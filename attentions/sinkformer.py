@@ -32,7 +32,7 @@ from attentions.base import Attention, register_attention
 
 # On the CPU the dense path (compiled balancing kernel) is faster at short lengths; from this length on the chunked
 # path is used there too (see docs/sinkformer-memory.md for the measurement). Off the CPU the chunked path always runs.
-CHUNKED_FROM_LENGTH = 1024
+CHUNKED_FROM_LENGTH = 2048
 
 
 @register_attention("sinkformer")
@@ -62,6 +62,11 @@ class SinkformerAttention(Attention):
         self.check_inputs(q, k, v, padding_mask)
         if q.device.type != "cpu" or q.shape[2] >= self.chunked_from_length:
             valid = None if padding_mask is None else padding_mask.to(device=q.device, dtype=torch.bool)
+            if q.device.type == "cuda" and not self.causal:
+                from attentions import _sinkformer_triton  # imported here: Triton only matters on a GPU
+
+                if _sinkformer_triton.available(q):
+                    return _sinkformer_triton.triton_sinkformer(q, k, v, valid, self.iterations)
             return chunked_sinkformer(q, k, v, valid, self.iterations, causal=self.causal)
         return torch.einsum("bhij,bhjd->bhid", self.attention_matrix(q, k, padding_mask), v)
 
