@@ -34,36 +34,27 @@ def available(q: torch.Tensor) -> bool:
 if triton is not None:
 
     @triton.jit
-    def _scores_tile(q_ptr, k_ptr, valid_ptr, bh, heads, rows, cols, length, scale, HAS_VALID: tl.constexpr,
-                     D: tl.constexpr, BD: tl.constexpr):  # fmt: skip
-        """(BLOCK, BLOCK) scaled scores of ``rows`` x ``cols``; masked entries are -inf."""
-        dims = tl.arange(0, BD)
-        base = bh * length * D
-        qt = tl.load(
-            q_ptr + base + rows[:, None] * D + dims[None, :], (rows[:, None] < length) & (dims[None, :] < D), 0.0
-        )
-        kt = tl.load(
-            k_ptr + base + cols[:, None] * D + dims[None, :], (cols[:, None] < length) & (dims[None, :] < D), 0.0
-        )
-        s = tl.dot(qt, tl.trans(kt)) * scale
-        allowed = (rows[:, None] < length) & (cols[None, :] < length)
-        if HAS_VALID:
-            b = bh // heads
-            vr = tl.load(valid_ptr + b * length + rows, rows < length, 0)
-            vc = tl.load(valid_ptr + b * length + cols, cols < length, 0)
-            allowed = allowed & (vr[:, None] != 0) & (vc[None, :] != 0)
-        return tl.where(allowed, s, float("-inf"))
-
-    @triton.jit
     def _row_step(q_ptr, k_ptr, valid_ptr, c_ptr, r_ptr, heads, length, scale, HAS_VALID: tl.constexpr,
                   D: tl.constexpr, BD: tl.constexpr, BLOCK_SIZE: tl.constexpr):  # fmt: skip
         rows = tl.program_id(0) * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)
         bh = tl.program_id(1)
+        dims = tl.arange(0, BD)
+        base = bh * length * D
         m = tl.full((BLOCK_SIZE,), -1.0e30, tl.float32)
         total = tl.zeros((BLOCK_SIZE,), tl.float32)
         for start in range(0, length, BLOCK_SIZE):
             cols = start + tl.arange(0, BLOCK_SIZE)
-            s = _scores_tile(q_ptr, k_ptr, valid_ptr, bh, heads, rows, cols, length, scale, HAS_VALID, D, BD)
+            # scaled scores of rows x cols, masked entries -inf (inline: a nested jit helper is not always interpreted)
+            in_d = dims[None, :] < D
+            qt = tl.load(q_ptr + base + rows[:, None] * D + dims[None, :], (rows[:, None] < length) & in_d, 0.0)
+            kt = tl.load(k_ptr + base + cols[:, None] * D + dims[None, :], (cols[:, None] < length) & in_d, 0.0)
+            s = tl.dot(qt, tl.trans(kt)) * scale
+            allowed = (rows[:, None] < length) & (cols[None, :] < length)
+            if HAS_VALID:
+                vr = tl.load(valid_ptr + (bh // heads) * length + rows, rows < length, 0)
+                vc = tl.load(valid_ptr + (bh // heads) * length + cols, cols < length, 0)
+                allowed = allowed & (vr[:, None] != 0) & (vc[None, :] != 0)
+            s = tl.where(allowed, s, float("-inf"))
             c = tl.load(c_ptr + bh * length + cols, cols < length, 0.0)
             x = s - c[None, :]
             m_new = tl.maximum(m, tl.max(x, 1))
@@ -79,11 +70,23 @@ if triton is not None:
                      D: tl.constexpr, BD: tl.constexpr, BLOCK_SIZE: tl.constexpr):  # fmt: skip
         cols = tl.program_id(0) * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)
         bh = tl.program_id(1)
+        dims = tl.arange(0, BD)
+        base = bh * length * D
         m = tl.full((BLOCK_SIZE,), -1.0e30, tl.float32)
         total = tl.zeros((BLOCK_SIZE,), tl.float32)
         for start in range(0, length, BLOCK_SIZE):
             rows = start + tl.arange(0, BLOCK_SIZE)
-            s = _scores_tile(q_ptr, k_ptr, valid_ptr, bh, heads, rows, cols, length, scale, HAS_VALID, D, BD)
+            # scaled scores of rows x cols, masked entries -inf (inline: a nested jit helper is not always interpreted)
+            in_d = dims[None, :] < D
+            qt = tl.load(q_ptr + base + rows[:, None] * D + dims[None, :], (rows[:, None] < length) & in_d, 0.0)
+            kt = tl.load(k_ptr + base + cols[:, None] * D + dims[None, :], (cols[:, None] < length) & in_d, 0.0)
+            s = tl.dot(qt, tl.trans(kt)) * scale
+            allowed = (rows[:, None] < length) & (cols[None, :] < length)
+            if HAS_VALID:
+                vr = tl.load(valid_ptr + (bh // heads) * length + rows, rows < length, 0)
+                vc = tl.load(valid_ptr + (bh // heads) * length + cols, cols < length, 0)
+                allowed = allowed & (vr[:, None] != 0) & (vc[None, :] != 0)
+            s = tl.where(allowed, s, float("-inf"))
             r = tl.load(r_ptr + bh * length + rows, rows < length, 0.0)
             x = s - r[:, None]
             m_new = tl.maximum(m, tl.max(x, 0))
@@ -98,11 +101,22 @@ if triton is not None:
         rows = tl.program_id(0) * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)
         bh = tl.program_id(1)
         dims = tl.arange(0, BD)
+        base = bh * length * D
         r = tl.load(r_ptr + bh * length + rows, rows < length, 0.0)
         acc = tl.zeros((BLOCK_SIZE, BD), tl.float32)
         for start in range(0, length, BLOCK_SIZE):
             cols = start + tl.arange(0, BLOCK_SIZE)
-            s = _scores_tile(q_ptr, k_ptr, valid_ptr, bh, heads, rows, cols, length, scale, HAS_VALID, D, BD)
+            # scaled scores of rows x cols, masked entries -inf (inline: a nested jit helper is not always interpreted)
+            in_d = dims[None, :] < D
+            qt = tl.load(q_ptr + base + rows[:, None] * D + dims[None, :], (rows[:, None] < length) & in_d, 0.0)
+            kt = tl.load(k_ptr + base + cols[:, None] * D + dims[None, :], (cols[:, None] < length) & in_d, 0.0)
+            s = tl.dot(qt, tl.trans(kt)) * scale
+            allowed = (rows[:, None] < length) & (cols[None, :] < length)
+            if HAS_VALID:
+                vr = tl.load(valid_ptr + (bh // heads) * length + rows, rows < length, 0)
+                vc = tl.load(valid_ptr + (bh // heads) * length + cols, cols < length, 0)
+                allowed = allowed & (vr[:, None] != 0) & (vc[None, :] != 0)
+            s = tl.where(allowed, s, float("-inf"))
             c = tl.load(c_ptr + bh * length + cols, cols < length, 0.0)
             p = tl.exp(s - r[:, None] - c[None, :])
             vt = tl.load(

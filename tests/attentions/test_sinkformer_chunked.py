@@ -79,7 +79,7 @@ def test_memory_grows_linearly_in_length(causal):
 
         def step():
             if chunked:
-                out = chunked_sinkformer(q, k, v, None, 3, causal=causal, tile=8)
+                out = chunked_sinkformer(q, k, v, None, 3, causal=causal, tile=16)
             else:
                 out = dense(causal, 3, length, dim=16)(q, k, v)
             out.backward(upstream)

@@ -3,14 +3,10 @@ dense paths (values, balancing vectors, and the gradient through its backward)."
 
 from __future__ import annotations
 
-import os
+import pytest
+import torch
 
-os.environ["TRITON_INTERPRET"] = "1"  # before triton is imported: kernels are decorated for the interpreter
-
-import pytest  # noqa: E402
-import torch  # noqa: E402
-
-pytest.importorskip("triton")
+pytest.importorskip("triton")  # tests/conftest.py sets TRITON_INTERPRET=1 before anything imports it
 
 from attentions import _sinkformer_triton as kernels  # noqa: E402
 from attentions._sinkformer_chunked import chunked_sinkformer  # noqa: E402
