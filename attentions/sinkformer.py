@@ -12,7 +12,11 @@ Causal (a variant, the paper balances non-causal attention only): entries j > i 
 use Causal Sinkhorn Balancing (a column is normalized over its prefix of rows, ``log_sinkhorn(causal=True)``), so
 row i depends on rows <= i only and nothing leaks; columns are then balanced only up to each row, not globally.
 
-Complexity: O(iterations * L^2) time and O(L^2) memory per head (dense, like vanilla attention).
+Complexity: O(iterations * L^2) time. Two paths give the same values and gradients: the dense one builds the L x L
+matrix and balances it (``log_sinkhorn``, the CPU's compiled kernel), O(L^2) memory; the chunked one keeps only
+per-row and per-column vectors and recomputes the scores tile by tile in every pass (``_sinkformer_chunked``), O(L)
+memory beyond a tile. The dense path runs on the CPU below ``CHUNKED_FROM_LENGTH``, the chunked one elsewhere; on
+CUDA the non-causal forward is a Triton kernel (``_sinkformer_triton``) with the chunked backward.
 
 Parameters: ``iterations`` (Sinkhorn normalization steps, >= 1; 1 = softmax attention).
 """
@@ -23,8 +27,13 @@ import torch
 
 from attentions._blocks import key_valid
 from attentions._registry import require_int
+from attentions._sinkformer_chunked import chunked_sinkformer
 from attentions._sinkhorn_ops import log_sinkhorn
 from attentions.base import Attention, register_attention
+
+# On the CPU the dense path (compiled balancing kernel) is faster at short lengths; from this length on the chunked
+# path is used there too (see docs/sinkformer-memory.md for the measurement). Off the CPU the chunked path always runs.
+CHUNKED_FROM_LENGTH = 2048
 
 
 @register_attention("sinkformer")
@@ -35,6 +44,7 @@ class SinkformerAttention(Attention):
         super().__init__(heads=heads, head_dim=head_dim, max_len=max_len, causal=causal)
         require_int("sinkformer", "iterations", iterations)
         self.iterations = iterations
+        self.chunked_from_length = CHUNKED_FROM_LENGTH  # per instance, so a test or an analysis can pick the path
 
     def attention_matrix(
         self, q: torch.Tensor, k: torch.Tensor, padding_mask: torch.Tensor | None = None
@@ -51,6 +61,14 @@ class SinkformerAttention(Attention):
 
     def forward(self, q, k, v, padding_mask=None):
         self.check_inputs(q, k, v, padding_mask)
+        if q.device.type != "cpu" or q.shape[2] >= self.chunked_from_length:
+            valid = None if padding_mask is None else padding_mask.to(device=q.device, dtype=torch.bool)
+            if q.device.type == "cuda" and not self.causal:
+                from attentions import _sinkformer_triton  # imported here: Triton only matters on a GPU
+
+                if _sinkformer_triton.available(q):
+                    return _sinkformer_triton.triton_sinkformer(q, k, v, valid, self.iterations)
+            return chunked_sinkformer(q, k, v, valid, self.iterations, causal=self.causal)
         return torch.einsum("bhij,bhjd->bhid", self.attention_matrix(q, k, padding_mask), v)
 
     def extra_repr(self) -> str:
