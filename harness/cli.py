@@ -8,6 +8,7 @@ the file and the field, before Ray starts or the store is touched.
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import sys
 from dataclasses import dataclass
@@ -154,34 +155,30 @@ def _configs(args: argparse.Namespace) -> list:
 
 
 def _measure_plugins(names: list[str], lengths: list[int], args: argparse.Namespace, consoles: Consoles) -> list[dict]:
-    """Forward + backward of each plugin alone; prints the machine's 64-tile bmm throughput beside sinkhorn's."""
+    """Forward + backward of each plugin alone; prints the machine's 64-tile bmm throughput beside sinkhorn's. On
+    CUDA each line also says the forward's time, the GPU's idle share and the share of the bf16 roofline."""
     from harness.benchmarking import bench
 
     console, out = consoles.err, consoles.out
     rows = []
-    for name in names:  # one plugin at a time, so progress shows
-        with console.status(f"measuring {name}"):
-            measured = bench.sweep(
-                [name],
-                lengths,
-                batch=args.batch,
-                heads=args.heads,
-                head_dim=args.head_dim,
-                block_size=args.block_size,
-                repeats=args.repeats,
-                configs=_configs(args),
-            )
-        rows += measured
-        for row in measured:
-            out.print(
-                f"  {name:<18} L={row['length']:<6} {row['device']:<5} {row['seconds_min'] * 1e3:9.2f} ms  "
-                f"peak {row['peak_memory_bytes'] / 2**20:9.2f} MiB  saved {row['saved_bytes'] / 2**20:9.2f} MiB",
-                highlight=False,
-                soft_wrap=True,
-            )
-    for line in bench.roofline_lines(
-        rows, batch=args.batch, heads=args.heads, head_dim=args.head_dim, block_size=args.block_size
-    ):
+    for batch in args.batch:
+        for name in names:  # one plugin at a time, so progress shows
+            with console.status(f"measuring {name} (batch {batch})"):
+                measured = bench.sweep(
+                    [name],
+                    lengths,
+                    batch=batch,
+                    heads=args.heads,
+                    head_dim=args.head_dim,
+                    block_size=args.block_size,
+                    repeats=args.repeats,
+                    configs=_configs(args),
+                    peak_tflops=args.peak_tflops,
+                )
+            rows += measured
+            for row in measured:
+                out.print(bench.row_line(row), highlight=False, soft_wrap=True)
+    for line in bench.roofline_lines(rows, heads=args.heads, head_dim=args.head_dim, block_size=args.block_size):
         out.print(line, highlight=False, soft_wrap=True)
     return rows
 
@@ -192,12 +189,12 @@ def _measure_models(names: list[str], lengths: list[int], args: argparse.Namespa
 
     console = consoles.err
     rows = []
-    for device, dtype in _configs(args):
-        with console.status(f"training steps on {device.type} ({', '.join(map(str, lengths))})"):
+    for (device, dtype), batch in itertools.product(_configs(args), args.batch):
+        with console.status(f"training steps on {device.type}, batch {batch} ({', '.join(map(str, lengths))})"):
             rows += model_bench.model_sweep(
                 names,
                 lengths,
-                batch=args.batch,
+                batch=batch,
                 block_size=args.block_size,
                 dim=args.heads * args.head_dim,
                 heads=args.heads,
@@ -246,7 +243,7 @@ def _bench(args: argparse.Namespace, consoles: Consoles) -> int:
     config = {
         "run": dt.datetime.now(dt.UTC).isoformat(),
         "lengths": lengths,
-        "batch": args.batch,
+        "batch": args.batch[0] if len(args.batch) == 1 else args.batch,
         "heads": args.heads,
         "head_dim": args.head_dim,
         "block_size": args.block_size,
@@ -258,7 +255,9 @@ def _bench(args: argparse.Namespace, consoles: Consoles) -> int:
     if args.model:
         config["model"] = {"kind": "lm", "layers": 2, "dim": args.heads * args.head_dim, "optimizer": "AdamW"}
         if args.compile:
-            config["model"]["compile"] = True  # a separate run from the eager one in the store and the report
+            config["model"]["compile"] = args.compile  # a separate run from the eager one in the store and the report
+    if len(args.batch) > 1 and (args.check or args.save_baseline):
+        raise ValueError("--check and --save-baseline compare one batch size; give --batch a single value")
     console, out = consoles.err, consoles.out
     console.print(f"bench{' --model' if args.model else ''}: {', '.join(names)} at L = {', '.join(map(str, lengths))}")
     measure = _measure_models if args.model else _measure_plugins
@@ -445,10 +444,24 @@ def parser() -> argparse.ArgumentParser:
     )
     sweep.add_argument(
         "--compile",
-        action="store_true",
-        help="with --model: torch.compile every model first (the compile is not timed) and store the run apart",
+        nargs="?",
+        const=True,
+        default=False,
+        type=_compile_value,
+        metavar="MODE",
+        help="with --model: torch.compile every model first (the compile is not timed) and store the run apart; "
+        "MODE reduce-overhead replays each compiled graph as a CUDA graph",
     )
-    sweep.add_argument("--batch", type=int, default=1, help="sequences per step (default: %(default)s)")
+    sweep.add_argument(
+        "--batch", type=int, nargs="+", default=[1], metavar="B", help="sequences per step (default: %(default)s)"
+    )
+    sweep.add_argument(
+        "--peak-tflops",
+        type=float,
+        default=None,
+        metavar="T",
+        help="the device's peak in TFLOP/s for the roofline share (default: the card's dense bf16 peak, when known)",
+    )
     sweep.add_argument(
         "--device",
         choices=["all", "cpu", "cuda"],
@@ -471,6 +484,15 @@ def parser() -> argparse.ArgumentParser:
         "--save-baseline", type=Path, default=None, metavar="FILE", help="write this sweep as the new baseline"
     )
     return top
+
+
+def _compile_value(text: str) -> bool | str:
+    """``--compile MODE``: ``default`` (torch.compile's default mode) or ``reduce-overhead`` (CUDA graphs)."""
+    if text == "default":
+        return True
+    if text == "reduce-overhead":
+        return text
+    raise argparse.ArgumentTypeError(f"unknown compile mode {text!r} (choose default or reduce-overhead)")
 
 
 def main(argv: list[str] | None = None) -> int:

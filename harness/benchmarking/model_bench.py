@@ -23,7 +23,7 @@ import torch
 
 import attentions
 from harness.memory import measure_peak
-from harness.model import ModelConfig, Transformer, compile_in_place
+from harness.model import ModelConfig, Transformer, compile_in_place, compile_mode, dense_masks
 
 VOCAB = 256  # byte-level, as a char LM task
 
@@ -53,22 +53,29 @@ def model_config(
 class _Trainee:
     """One model, its AdamW optimizer and a fixed batch: ``step()`` is one training step."""
 
-    def __init__(self, cfg: ModelConfig, batch: int, device: torch.device, dtype: torch.dtype, compile: bool = False):
+    def __init__(
+        self, cfg: ModelConfig, batch: int, device: torch.device, dtype: torch.dtype, compile: bool | str = False
+    ):
         torch.manual_seed(0)
         self.model = Transformer(cfg).to(device=device, dtype=dtype).train()
-        if compile:
-            compile_in_place(self.model)  # the warm-up step compiles, before any step is timed
+        if compile:  # the warm-up step compiles, before any step is timed
+            compile_in_place(self.model, compile_mode(compile))
         # Fused AdamW (one kernel for all parameters) keeps the optimizer, which is the same for every plugin, from
         # diluting the differences between them with per-parameter overhead.
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-4, fused=True)
         g = torch.Generator().manual_seed(0)
-        tokens = torch.randint(2, VOCAB, (batch, cfg.max_len + 1), generator=g).to(device)  # L inputs, L targets
-        self.batch = {"tokens": tokens, "mask": torch.ones_like(tokens, dtype=torch.bool)}
+        tokens = torch.randint(2, VOCAB, (batch, cfg.max_len + 1), generator=g)  # L inputs, L targets
+        host = {"tokens": tokens, "mask": torch.ones_like(tokens, dtype=torch.bool)}
+        self.dense = dense_masks(host)  # decided on the host, as the trainer does: no sync inside the step
+        self.batch = {key: value.to(device) for key, value in host.items()}
         self.device = device
+        self.graphs = compile_mode(compile) == "reduce-overhead"
 
     def step(self) -> None:
+        if self.graphs:  # a new step: the CUDA graphs' previous outputs are done with (torch.compile's graph trees)
+            torch.compiler.cudagraph_mark_step_begin()
         self.optimizer.zero_grad(set_to_none=True)
-        self.model(self.batch).backward()
+        self.model(self.batch, dense=self.dense).backward()
         self.optimizer.step()
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
@@ -86,11 +93,12 @@ def model_sweep(
     repeats: int = 3,
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float32,
-    compile: bool = False,
+    compile: bool | str = False,
 ) -> list[dict[str, Any]]:
     """One row per (plugin, length): ``seconds`` (median step), ``seconds_min``, ``steps_per_second`` (1 / median)
     and ``peak_memory_bytes``. The max_len of the model is the length itself. ``compile``: every model goes through
-    ``torch.compile`` first (``harness.model.compile_in_place``); the compile is not timed."""
+    ``torch.compile`` first (``harness.model.compile_in_place``; ``"reduce-overhead"``: CUDA graphs on a GPU); the
+    compile is not timed. ``batch`` is per row as ``batch`` (the rows of several batch sizes can share a table)."""
     device = torch.device(device)
     rows = []
     for length in lengths:
@@ -119,6 +127,7 @@ def model_sweep(
                 {
                     "attention": name,
                     "length": length,
+                    "batch": batch,
                     "dtype": str(dtype).removeprefix("torch."),
                     "device": device.type,
                     "seconds": median,

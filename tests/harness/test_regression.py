@@ -158,7 +158,7 @@ def test_bench_compile_reaches_every_model_and_the_store_and_needs_model_mode(tm
     from harness.benchmarking import model_bench
 
     compiled = []
-    monkeypatch.setattr(model_bench, "compile_in_place", lambda model: compiled.append(model) or model)
+    monkeypatch.setattr(model_bench, "compile_in_place", lambda model, mode=None: compiled.append(mode) or model)
     small = ["--lengths", "64", "--repeats", "1", "--device", "cpu", "--heads", "2", "--head-dim", "8"]
     results = str(tmp_path / "results")
     assert main(["bench", "--model", "--compile", "--attentions", "local", *small, "--results", results]) == 0
