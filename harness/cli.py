@@ -173,6 +173,7 @@ def _measure_plugins(names: list[str], lengths: list[int], args: argparse.Namesp
                     block_size=args.block_size,
                     repeats=args.repeats,
                     configs=_configs(args),
+                    case_limit=args.case_limit,
                     peak_tflops=args.peak_tflops,
                 )
             rows += measured
@@ -454,6 +455,13 @@ def parser() -> argparse.ArgumentParser:
     )
     sweep.add_argument(
         "--batch", type=int, nargs="+", default=[1], metavar="B", help="sequences per step (default: %(default)s)"
+    )
+    sweep.add_argument(
+        "--case-limit",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="a plugin whose case takes longer than this is not measured at longer lengths (default: no limit)",
     )
     sweep.add_argument(
         "--peak-tflops",

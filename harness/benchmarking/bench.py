@@ -233,10 +233,13 @@ def sweep(
     repeats: int = 3,
     configs: Sequence[tuple[torch.device | str, torch.dtype]] | None = None,
     extra: Mapping[str, ModuleFactory] | None = None,
+    case_limit: float | None = None,
     **detail: Any,
 ) -> list[dict[str, Any]]:
     """Measure every plugin in ``names`` (and every peer in ``extra``) at every length and (device, dtype);
-    ``detail`` goes to ``measure`` (``detailed``, and ``measure_detailed``'s keywords).
+    ``detail`` goes to ``measure`` (``detailed``, and ``measure_detailed``'s keywords). With ``case_limit``, a plugin
+    whose case took longer than that many seconds is not measured at its further lengths (a warning names it), so one
+    slow plugin cannot spend a sweep's time budget on its own.
 
     A case that runs out of memory is skipped with a warning that names it (Long Range Arena's tables mark such
     cells OOM), so one plugin's quadratic memory at the longest length does not lose the rest of the sweep."""
@@ -251,9 +254,13 @@ def sweep(
     }
     builders.update(extra or {})
     for device, dtype in configs or default_configs():
+        too_slow: set[str] = set()
         for length in lengths:
             for name, factory in builders.items():
+                if name in too_slow:
+                    continue
                 torch.manual_seed(0)
+                started = time.perf_counter()
                 try:
                     row = measure(
                         name,
@@ -276,6 +283,14 @@ def sweep(
                         torch.cuda.empty_cache()
                     continue
                 rows.append(row)
+                spent = time.perf_counter() - started
+                if case_limit is not None and spent > case_limit:
+                    too_slow.add(name)
+                    warnings.warn(
+                        f"{name} at L={length} on {device}: took {spent:.0f} s (limit {case_limit:g} s), "
+                        "its further lengths skipped",
+                        stacklevel=2,
+                    )
     return rows
 
 

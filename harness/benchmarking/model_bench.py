@@ -155,15 +155,17 @@ def relative_to_vanilla(rows: Sequence[dict[str, Any]]) -> dict[tuple[str, int, 
 
 
 def table_lines(rows: Sequence[dict[str, Any]]) -> list[str]:
-    """The efficiency table as text: per device and length, each plugin's steps/s and peak memory, and both
-    relative to vanilla (speed: higher is better; memory: lower is better)."""
-    relative = relative_to_vanilla(rows)
+    """The efficiency table as text: per device, batch and length, each plugin's steps/s and peak memory, and both
+    relative to vanilla at the same batch (speed: higher is better; memory: lower is better)."""
     columns = ("steps/s", "x vanilla", "peak MiB", "x vanilla")
-    lines = [f"  {'attention':<18} {'L':>6} {'device':<6} " + " ".join(f"{c:>9}" for c in columns)]
-    for r in sorted(rows, key=lambda r: (r["device"], r["length"])):
-        speed, memory = relative.get((r["attention"], r["length"], r["device"]), (float("nan"), float("nan")))
-        lines.append(
-            f"  {r['attention']:<18} {r['length']:>6} {r['device']:<6} {r['steps_per_second']:>9.3f} {speed:>9.2f} "
-            f"{r['peak_memory_bytes'] / 2**20:>9.1f} {memory:>9.2f}"
-        )
+    lines = [f"  {'attention':<18} {'L':>6} {'B':>3} {'device':<6} " + " ".join(f"{c:>9}" for c in columns)]
+    for batch in sorted({r.get("batch", 1) for r in rows}):
+        same = [r for r in rows if r.get("batch", 1) == batch]
+        relative = relative_to_vanilla(same)
+        for r in sorted(same, key=lambda r: (r["device"], r["length"])):
+            speed, memory = relative.get((r["attention"], r["length"], r["device"]), (float("nan"), float("nan")))
+            lines.append(
+                f"  {r['attention']:<18} {r['length']:>6} {batch:>3} {r['device']:<6} {r['steps_per_second']:>9.3f} "
+                f"{speed:>9.2f} {r['peak_memory_bytes'] / 2**20:>9.1f} {memory:>9.2f}"
+            )
     return lines
