@@ -219,9 +219,10 @@ def test_bench_compile_reduce_overhead_and_batch_lists(tmp_path, monkeypatch, ca
     args = ["bench", "--model", "--attentions", "local", *small, "--results", results]
     assert main([*args, "--compile", "reduce-overhead", "--batch", "1", "2"]) == 0
     assert modes == ["reduce-overhead"] * 4  # vanilla and local, at each batch
-    configs = [json.loads(c) for c in ds.dataset(results).to_table(columns=["config"]).column("config").to_pylist()]
-    assert {c["model"]["compile"] for c in configs} == {"reduce-overhead"}
-    assert sorted(c["batch"] for c in configs) == [1, 1, 2, 2]
+    stored = ds.dataset(results).to_table(columns=["trial_id", "config"]).to_pylist()
+    configs = {row["trial_id"]: json.loads(row["config"]) for row in stored}  # one trial per (plugin, batch)
+    assert {c["model"]["compile"] for c in configs.values()} == {"reduce-overhead"}
+    assert sorted(c["batch"] for c in configs.values()) == [1, 1, 2, 2]
     out = capsys.readouterr().out
     assert all(f"local                  64   {b} cpu" in out for b in (1, 2))
     with pytest.raises(SystemExit):
