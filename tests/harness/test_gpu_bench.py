@@ -219,3 +219,12 @@ def test_detailed_rows_reach_the_store_and_the_report_table(tmp_path, detailed_r
     figure_rows = latest_speed_rows(frame)
     assert set(figure_rows["split"]) == {"forward_backward"}  # the forward times do not replace the figure's
     assert all(label.endswith("(B=2)") for label in figure_rows["label"])
+
+
+def test_the_report_renders_where_the_time_goes(tmp_path, detailed_rows):
+    from harness.reporting.report import write_report
+
+    bench.store_sweep(tmp_path / "store", detailed_rows, {"block_size": 16, "block_plugins": ["local"], "run": "gpu"})
+    html = write_report(tmp_path / "store", tmp_path / "report.html").read_text()
+    table = html[html.index('id="attention-efficiency"') :]
+    assert "<td>6.500</td>" in table and "<td>25.0%</td>" in table
