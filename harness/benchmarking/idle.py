@@ -44,15 +44,20 @@ def trace_intervals(
     events: Iterable, *, device_type: torch.autograd.DeviceType, step: str = STEP
 ) -> tuple[list[Interval], list[Interval]]:
     """(busy intervals of ``device_type``, windows of the host ranges named ``step``) in microseconds, from a
-    profiler's ``events()``. The step ranges themselves, and on the CPU every range enclosing another op's time,
-    are left out of the busy set only where they are the step: nested CPU ops overlap, and the union counts them once.
-    """
+    profiler's ``events()``. On a GPU the profiler mirrors each host ``record_function`` range as an annotation on
+    the device timeline under the same name: those spans are not work, so a device event named like a host event is
+    left out (kernel, copy and fill names never are host names). Profiling the CPU as the device, its operators are
+    the work."""
+    events = list(events)
+    cpu = torch.autograd.DeviceType.CPU
+    host_names = {event.name for event in events if event.device_type == cpu} if device_type != cpu else set()
     busy, windows = [], []
     for event in events:
         span = (float(event.time_range.start), float(event.time_range.end))
         if event.name == step:
-            windows.append(span)
-        elif event.device_type == device_type:
+            if event.device_type == cpu:
+                windows.append(span)
+        elif event.device_type == device_type and event.name not in host_names:
             busy.append(span)
     return busy, windows
 

@@ -91,6 +91,9 @@ def test_trace_intervals_split_steps_from_device_work():
         Event(idle.STEP, cpu, 0, 100),
         Event("aten::mm", cpu, 1, 5),  # host-side launch: not device time
         Event("gemm_kernel", cuda, 10, 30),
+        Event(idle.STEP, cuda, 5, 95),  # the step's range mirrored on the device timeline: not work
+        Event("my_range", cpu, 20, 90),
+        Event("my_range", cuda, 20, 90),  # likewise for any other host range
         Event(idle.STEP, cpu, 200, 300),
         Event("softmax_kernel", cuda, 250, 260),
     ]
