@@ -266,9 +266,12 @@ def _bench(args: argparse.Namespace, consoles: Consoles) -> int:
     stored = bench.store_sweep(args.results, rows, config, model=args.model)
     out.print(f"{stored} measurements stored in {args.results}", highlight=False, soft_wrap=True)
     section = "model" if args.model else "attention"
+    by_batch = {batch: [row for row in rows if row.get("batch", 1) == batch] for batch in args.batch}
     if not args.model:
-        for name, exponent in sorted(regression.memory_exponents(rows).items()):
-            out.print(f"  memory of {name:<18} ~ L^{exponent:.2f}", highlight=False)
+        for batch, same in by_batch.items():  # growth with length at a fixed batch
+            for name, exponent in sorted(regression.memory_exponents(same).items()):
+                shown = f" (batch {batch})" if len(by_batch) > 1 else ""
+                out.print(f"  memory of {name:<18} ~ L^{exponent:.2f}{shown}", highlight=False)
     cpu = [row for row in rows if row["device"] == "cpu"]  # the committed baseline is a CPU one
     if args.save_baseline:
         console.print("measuring every case again: the baseline keeps the slower of two runs", highlight=False)
@@ -276,7 +279,7 @@ def _bench(args: argparse.Namespace, consoles: Consoles) -> int:
         baseline = regression.make_baseline(cpu, config, again=again)
         regression.save_baseline(args.save_baseline, baseline, section=section)
         out.print(f"baseline ({section} section) written to {args.save_baseline}", highlight=False, soft_wrap=True)
-    problems = [] if args.model else regression.complexity(rows)
+    problems = [] if args.model else [p for same in by_batch.values() for p in regression.complexity(same)]
     if args.check:
         baseline = regression.load_baseline(args.check, section=section)
         problems += regression.memory_regressions(baseline, cpu)  # bytes: the same in every run
