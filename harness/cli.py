@@ -8,6 +8,7 @@ the file and the field, before Ray starts or the store is touched.
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import sys
 from dataclasses import dataclass
@@ -256,34 +257,31 @@ def _configs(args: argparse.Namespace) -> list:
 
 
 def _measure_plugins(names: list[str], lengths: list[int], args: argparse.Namespace, consoles: Consoles) -> list[dict]:
-    """Forward + backward of each plugin alone; prints the machine's 64-tile bmm throughput beside sinkhorn's."""
+    """Forward + backward of each plugin alone; prints the machine's 64-tile bmm throughput beside sinkhorn's. On
+    CUDA each line also says the forward's time, the GPU's idle share and the share of the bf16 roofline."""
     from harness.benchmarking import bench
 
     console, out = consoles.err, consoles.out
     rows = []
-    for name in names:  # one plugin at a time, so progress shows
-        with console.status(f"measuring {name}"):
-            measured = bench.sweep(
-                [name],
-                lengths,
-                batch=args.batch,
-                heads=args.heads,
-                head_dim=args.head_dim,
-                block_size=args.block_size,
-                repeats=args.repeats,
-                configs=_configs(args),
-            )
-        rows += measured
-        for row in measured:
-            out.print(
-                f"  {name:<18} L={row['length']:<6} {row['device']:<5} {row['seconds_min'] * 1e3:9.2f} ms  "
-                f"peak {row['peak_memory_bytes'] / 2**20:9.2f} MiB  saved {row['saved_bytes'] / 2**20:9.2f} MiB",
-                highlight=False,
-                soft_wrap=True,
-            )
-    for line in bench.roofline_lines(
-        rows, batch=args.batch, heads=args.heads, head_dim=args.head_dim, block_size=args.block_size
-    ):
+    for batch in args.batch:
+        for name in names:  # one plugin at a time, so progress shows
+            with console.status(f"measuring {name} (batch {batch})"):
+                measured = bench.sweep(
+                    [name],
+                    lengths,
+                    batch=batch,
+                    heads=args.heads,
+                    head_dim=args.head_dim,
+                    block_size=args.block_size,
+                    repeats=args.repeats,
+                    configs=_configs(args),
+                    case_limit=args.case_limit,
+                    peak_tflops=args.peak_tflops,
+                )
+            rows += measured
+            for row in measured:
+                out.print(bench.row_line(row), highlight=False, soft_wrap=True)
+    for line in bench.roofline_lines(rows, heads=args.heads, head_dim=args.head_dim, block_size=args.block_size):
         out.print(line, highlight=False, soft_wrap=True)
     return rows
 
@@ -294,12 +292,12 @@ def _measure_models(names: list[str], lengths: list[int], args: argparse.Namespa
 
     console = consoles.err
     rows = []
-    for device, dtype in _configs(args):
-        with console.status(f"training steps on {device.type} ({', '.join(map(str, lengths))})"):
+    for (device, dtype), batch in itertools.product(_configs(args), args.batch):
+        with console.status(f"training steps on {device.type}, batch {batch} ({', '.join(map(str, lengths))})"):
             rows += model_bench.model_sweep(
                 names,
                 lengths,
-                batch=args.batch,
+                batch=batch,
                 block_size=args.block_size,
                 dim=args.heads * args.head_dim,
                 heads=args.heads,
@@ -348,7 +346,7 @@ def _bench(args: argparse.Namespace, consoles: Consoles) -> int:
     config = {
         "run": dt.datetime.now(dt.UTC).isoformat(),
         "lengths": lengths,
-        "batch": args.batch,
+        "batch": args.batch[0] if len(args.batch) == 1 else args.batch,
         "heads": args.heads,
         "head_dim": args.head_dim,
         "block_size": args.block_size,
@@ -360,7 +358,9 @@ def _bench(args: argparse.Namespace, consoles: Consoles) -> int:
     if args.model:
         config["model"] = {"kind": "lm", "layers": 2, "dim": args.heads * args.head_dim, "optimizer": "AdamW"}
         if args.compile:
-            config["model"]["compile"] = True  # a separate run from the eager one in the store and the report
+            config["model"]["compile"] = args.compile  # a separate run from the eager one in the store and the report
+    if len(args.batch) > 1 and (args.check or args.save_baseline):
+        raise ValueError("--check and --save-baseline compare one batch size; give --batch a single value")
     console, out = consoles.err, consoles.out
     console.print(f"bench{' --model' if args.model else ''}: {', '.join(names)} at L = {', '.join(map(str, lengths))}")
     measure = _measure_models if args.model else _measure_plugins
@@ -368,9 +368,12 @@ def _bench(args: argparse.Namespace, consoles: Consoles) -> int:
     stored = bench.store_sweep(args.results, rows, config, model=args.model)
     out.print(f"{stored} measurements stored in {args.results}", highlight=False, soft_wrap=True)
     section = "model" if args.model else "attention"
+    by_batch = {batch: [row for row in rows if row.get("batch", 1) == batch] for batch in args.batch}
     if not args.model:
-        for name, exponent in sorted(regression.memory_exponents(rows).items()):
-            out.print(f"  memory of {name:<18} ~ L^{exponent:.2f}", highlight=False)
+        for batch, same in by_batch.items():  # growth with length at a fixed batch
+            for name, exponent in sorted(regression.memory_exponents(same).items()):
+                shown = f" (batch {batch})" if len(by_batch) > 1 else ""
+                out.print(f"  memory of {name:<18} ~ L^{exponent:.2f}{shown}", highlight=False)
     cpu = [row for row in rows if row["device"] == "cpu"]  # the committed baseline is a CPU one
     if args.save_baseline:
         console.print("measuring every case again: the baseline keeps the slower of two runs", highlight=False)
@@ -378,7 +381,7 @@ def _bench(args: argparse.Namespace, consoles: Consoles) -> int:
         baseline = regression.make_baseline(cpu, config, again=again)
         regression.save_baseline(args.save_baseline, baseline, section=section)
         out.print(f"baseline ({section} section) written to {args.save_baseline}", highlight=False, soft_wrap=True)
-    problems = [] if args.model else regression.complexity(rows)
+    problems = [] if args.model else [p for same in by_batch.values() for p in regression.complexity(same)]
     if args.check:
         baseline = regression.load_baseline(args.check, section=section)
         problems += regression.memory_regressions(baseline, cpu)  # bytes: the same in every run
@@ -628,10 +631,31 @@ def parser() -> argparse.ArgumentParser:
     )
     sweep.add_argument(
         "--compile",
-        action="store_true",
-        help="with --model: torch.compile every model first (the compile is not timed) and store the run apart",
+        nargs="?",
+        const=True,
+        default=False,
+        type=_compile_value,
+        metavar="MODE",
+        help="with --model: torch.compile every model first (the compile is not timed) and store the run apart; "
+        "MODE reduce-overhead replays each compiled graph as a CUDA graph",
     )
-    sweep.add_argument("--batch", type=int, default=1, help="sequences per step (default: %(default)s)")
+    sweep.add_argument(
+        "--batch", type=int, nargs="+", default=[1], metavar="B", help="sequences per step (default: %(default)s)"
+    )
+    sweep.add_argument(
+        "--case-limit",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="a plugin whose case takes longer than this is not measured at longer lengths (default: no limit)",
+    )
+    sweep.add_argument(
+        "--peak-tflops",
+        type=float,
+        default=None,
+        metavar="T",
+        help="the device's peak in TFLOP/s for the roofline share (default: the card's dense bf16 peak, when known)",
+    )
     sweep.add_argument(
         "--device",
         choices=["all", "cpu", "cuda"],
@@ -654,6 +678,15 @@ def parser() -> argparse.ArgumentParser:
         "--save-baseline", type=Path, default=None, metavar="FILE", help="write this sweep as the new baseline"
     )
     return top
+
+
+def _compile_value(text: str) -> bool | str:
+    """``--compile MODE``: ``default`` (torch.compile's default mode) or ``reduce-overhead`` (CUDA graphs)."""
+    if text == "default":
+        return True
+    if text == "reduce-overhead":
+        return text
+    raise argparse.ArgumentTypeError(f"unknown compile mode {text!r} (choose default or reduce-overhead)")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -96,17 +96,37 @@ class Block(nn.Module):
 def padding_or_none(mask: torch.Tensor | None) -> torch.Tensor | None:
     """``mask`` where it hides something, else None. Every plugin takes None as "no padding" and skips its masking:
     a causal block plugin keeps the one (b, b) triangle shared by every block (the fused kernel skips its structural
-    zeros), and nothing pays a pass over K, V or the scores for a mask that is all True, as LM batches are."""
+    zeros), and nothing pays a pass over K, V or the scores for a mask that is all True, as LM batches are.
+
+    Reading the mask's values is a host sync when it lives on a GPU; the trainer decides on the host batch instead
+    (``dense_masks``) and hands the answer to ``Transformer.forward``."""
     return None if mask is None or bool(mask.all()) else mask
 
 
-def compile_in_place(model: nn.Module) -> nn.Module:
+def dense_masks(batch: dict[str, torch.Tensor]) -> frozenset[str]:
+    """Names of the batch's masks (keys ending in ``mask``) that hide nothing. Called on the host batch, before it
+    moves to the device, so the decision costs the GPU no synchronization; ``Transformer.forward(batch, dense=...)``
+    then never reads a mask's values."""
+    return frozenset(key for key, value in batch.items() if key.endswith("mask") and bool(value.all()))
+
+
+COMPILE_MODES = (True, "reduce-overhead")  # train.compile / bench --compile values that compile: default, CUDA graphs
+
+
+def compile_in_place(model: nn.Module, mode: str | None = None) -> nn.Module:
     """``torch.compile`` the model in place (``nn.Module.compile``: its state_dict keys stay as they are, so checkpoints
     and DeepSpeed see the plain module), with static shapes: a trial's lengths are fixed, and the block plugins' shapes
-    decide their graphs (``allow_recompiles``: each of them is compiled, none silently left eager)."""
+    decide their graphs (``allow_recompiles``: each of them is compiled, none silently left eager). ``mode``:
+    torch.compile's mode; ``"reduce-overhead"`` replays each compiled graph as a CUDA graph (one launch for all its
+    kernels) on a GPU."""
     allow_recompiles()
-    model.compile(dynamic=False)
+    model.compile(dynamic=False, **({"mode": mode} if mode else {}))
     return model
+
+
+def compile_mode(value: bool | str) -> str | None:
+    """torch.compile's mode for a ``train.compile`` value (True: the default mode)."""
+    return value if isinstance(value, str) else None
 
 
 def sinusoidal_positions(length: int, dim: int) -> torch.Tensor:
@@ -159,46 +179,73 @@ class Transformer(nn.Module):
         return self.drop(embedded + self.positions[: tokens.shape[1]].to(embedded.dtype))  # bf16 stays bf16
 
     def encode(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        x, mask = self._embed(tokens), padding_or_none(mask)
+        return self._encode(tokens, padding_or_none(mask))
+
+    def _encode(self, tokens: torch.Tensor, padding: torch.Tensor | None) -> torch.Tensor:
+        x = self._embed(tokens)
         for block in self.encoder:
-            x = block(x, mask)
+            x = block(x, padding)
         return self.ln_enc(x)
 
     def decode(self, tokens, mask, memory=None, memory_mask=None) -> torch.Tensor:
         """Causal stack; returns logits over the vocabulary (output embedding tied to the input embedding)."""
-        x, mask, memory_mask = self._embed(tokens), padding_or_none(mask), padding_or_none(memory_mask)
+        return self._decode(tokens, padding_or_none(mask), memory, padding_or_none(memory_mask))
+
+    def _decode(self, tokens, padding, memory=None, memory_padding=None) -> torch.Tensor:
+        x = self._embed(tokens)
         for block in self.decoder:
-            x = block(x, mask, memory, memory_mask)
+            x = block(x, padding, memory, memory_padding)
         return self.ln_dec(x) @ self.embed.weight.T
 
-    def predictions(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(logits, targets, target_mask) under teacher forcing; for classify one target per sequence."""
+    def predictions(
+        self, batch: dict[str, torch.Tensor], dense: frozenset[str] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(logits, targets, target_mask) under teacher forcing; for classify one target per sequence. ``dense``: as
+        in ``forward``."""
+        return self._predict(batch, dense)[:3]
+
+    def _predict(self, batch: dict[str, torch.Tensor], dense: frozenset[str] | None):
+        """``predictions`` plus the target mask where it hides something (None where every target counts)."""
+
+        def padding(key: str, mask: torch.Tensor) -> torch.Tensor | None:
+            """``mask`` (a part of ``batch[key]``) for the plugins; None where the batch's mask hides nothing."""
+            if dense is None:
+                return padding_or_none(mask)
+            return None if key in dense else mask
+
         kind = self.cfg.kind
         if kind == "lm":
             tokens, mask = batch["tokens"], batch["mask"]
-            return self.decode(tokens[:, :-1], mask[:, :-1]), tokens[:, 1:], mask[:, 1:]
+            logits = self._decode(tokens[:, :-1], padding("mask", mask[:, :-1]))
+            return logits, tokens[:, 1:], mask[:, 1:], padding("mask", mask[:, 1:])
         if kind == "classify":
             mask = batch["mask"]
-            hidden = self.encode(batch["tokens"], mask)
+            hidden = self._encode(batch["tokens"], padding("mask", mask))
             weights = mask.unsqueeze(-1).to(hidden.dtype)
             pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1)
             label = batch["label"]
-            return self.classifier(pooled), label, torch.ones_like(label, dtype=torch.bool)
-        memory = self.encode(batch["src"], batch["src_mask"])
+            return self.classifier(pooled), label, torch.ones_like(label, dtype=torch.bool), None
+        src_padding = padding("src_mask", batch["src_mask"])
+        memory = self._encode(batch["src"], src_padding)
         tgt, tgt_mask = batch["tgt"], batch["tgt_mask"]
         inputs = torch.cat([torch.full_like(tgt[:, :1], BOS_ID), tgt[:, :-1]], dim=1)
         in_mask = torch.cat([torch.ones_like(tgt_mask[:, :1]), tgt_mask[:, :-1]], dim=1)
-        return self.decode(inputs, in_mask, memory, batch["src_mask"]), tgt, tgt_mask
+        logits = self._decode(inputs, padding("tgt_mask", in_mask), memory, src_padding)
+        return logits, tgt, tgt_mask, padding("tgt_mask", tgt_mask)
 
     def extra_loss(self) -> torch.Tensor | None:
         """Sum of the auxiliary losses the plugins set in the last forward (routing, sbm), or None."""
         losses = [m.extra_loss for m in self.modules() if isinstance(m, Attention) and m.extra_loss is not None]
         return torch.stack([loss.float() for loss in losses]).sum() if losses else None
 
-    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Mean token cross-entropy plus the plugins' auxiliary losses: what the trainer minimises."""
-        logits, targets, mask = self.predictions(batch)
-        if padding_or_none(mask) is None:  # every target counts: no boolean gather of the logits and its backward
+    def forward(self, batch: dict[str, torch.Tensor], dense: frozenset[str] | None = None) -> torch.Tensor:
+        """Mean token cross-entropy plus the plugins' auxiliary losses: what the trainer minimises.
+
+        ``dense`` names the batch's masks already known to hide nothing (``dense_masks`` of the host batch): with it,
+        the model never reads a mask's values (no host sync on a GPU, no graph break under torch.compile); a mask not
+        named is passed on as it is. None: each mask is checked here (``padding_or_none``)."""
+        logits, targets, mask, padding = self._predict(batch, dense)
+        if padding is None:  # every target counts: no boolean gather of the logits and its backward
             loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1))
         else:
             loss = F.cross_entropy(logits[mask].float(), targets[mask])
@@ -208,10 +255,11 @@ class Transformer(nn.Module):
     @torch.no_grad()
     def generate(self, src: torch.Tensor, src_mask: torch.Tensor, length: int) -> torch.Tensor:
         """Greedy decoding of ``length`` tokens for seq2seq (no cache: each step re-runs the causal decoder)."""
-        memory = self.encode(src, src_mask)
+        src_padding = padding_or_none(src_mask)
+        memory = self._encode(src, src_padding)
         out = torch.full((src.shape[0], 1), BOS_ID, dtype=torch.long, device=src.device)
         for _ in range(length):
-            logits = self.decode(out, torch.ones_like(out, dtype=torch.bool), memory, src_mask)[:, -1]
+            logits = self._decode(out, None, memory, src_padding)[:, -1]  # the decoded prefix has no padding
             logits[:, :2] = torch.finfo(logits.dtype).min  # never emit PAD or BOS
             out = torch.cat([out, logits.argmax(-1, keepdim=True)], dim=1)
         return out[:, 1:]

@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # The GPU checks in one go, on a machine whose python3 already has a CUDA build of torch (the project's .venv pins
 # the CPU build, so this does not use it): the CUDA tests (every plugin in fp32 and bf16, causality on the GPU, a
-# DeepSpeed trial in bf16 over nccl that checkpoints and resumes), then the attention and model-level benchmarks on
-# cuda/bf16, eager and compiled. Each step has its own time limit and log, so one that hangs or fails does not hide
-# the others; a limit of 0 skips the step.
+# DeepSpeed trial in bf16 over nccl that checkpoints and resumes), then the attention benchmark on cuda/bf16 (batch 1
+# and 8, 1K to 64K: forward and forward+backward apart, GPU idle share, roofline share), the model-level table at
+# batch 8, eager, compiled and with CUDA graphs (train.compile: reduce-overhead), and the batched-path comparisons.
+# Each step has its own time limit and log, so one that hangs or fails does not hide the others; a limit of 0 skips
+# the step. All steps together stay within TOTAL_LIMIT seconds (default 540): a step gets at most what is left, and
+# one with under 20 seconds left is skipped (and counted as failed in the summary).
 #
 #   scripts/gpu_check.sh [OUTDIR]        (default: gpu-check/; logs, JUnit XML and the benchmark store land there)
 #
@@ -23,10 +26,17 @@ if compgen -G ".whl/*.whl" >/dev/null; then
     export PYTHONPATH="$PYTHONPATH:/tmp/attnbench-site"
 fi
 
+total="${TOTAL_LIMIT:-540}"
 step() {  # step NAME SECONDS COMMAND...: run with a limit, log to OUT/NAME.log, remember the exit status
     local name=$1 limit=$2
     shift 2
     [ "$limit" = 0 ] && return
+    local left=$((total - SECONDS))
+    if [ "$left" -lt 20 ]; then
+        echo "$name rc=skipped (TOTAL_LIMIT=${total}s spent)" | tee -a "$out/summary.txt"
+        return
+    fi
+    [ "$limit" -gt "$left" ] && limit=$left
     echo "== $name (limit ${limit}s)"
     local start=$SECONDS
     timeout "$limit" "$@" >"$out/$name.log" 2>&1
@@ -39,21 +49,31 @@ step() {  # step NAME SECONDS COMMAND...: run with a limit, log to OUT/NAME.log,
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
     "$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name())"
 } | tee "$out/summary.txt"
-step cuda_tests "${TESTS_LIMIT:-200}" "$PY" -m pytest -q -rfE --tb=short -p no:cacheprovider \
+step cuda_tests "${TESTS_LIMIT:-150}" "$PY" -m pytest -q -rfE --tb=short -p no:cacheprovider \
     --junitxml="$out/cuda_tests.xml" tests/harness/test_cuda.py tests/harness/test_trainer.py -k cuda
 scratch=$(mktemp -d)
+# Each attention alone: CUDA-event times of the forward and the forward+backward (warm-up, L2 flushed before every
+# repeat), the GPU's idle share (profiler) and the share of the card's bf16 roofline; a case that runs out of memory
+# is skipped with a warning. One step per batch, so a slow batch 8 does not lose the batch 1 rows.
 step bench_attention "${BENCH_LIMIT:-120}" "$PY" -m harness.cli bench --device cuda --results "$scratch" \
-    --lengths ${LENGTHS:-1024 4096 16384} --repeats 5
-# sinkhorn's batched path (ATTNBENCH_FLEX_CUDA=0) against its FlexAttention path below, on the same machine
-ATTNBENCH_FLEX_CUDA=0 step bench_attention_batched "${BENCH_LIMIT:-120}" "$PY" -m harness.cli bench --device cuda \
-    --results "$scratch" --attentions sinkhorn --lengths ${LENGTHS:-1024 4096 16384} --repeats 5
+    --batch 1 --lengths ${LENGTHS:-1024 4096 16384 65536} --repeats 5 --case-limit "${CASE_LIMIT:-8}"
+step bench_attention_b8 "${BENCH_LIMIT:-120}" "$PY" -m harness.cli bench --device cuda --results "$scratch" \
+    --batch 8 --lengths ${LENGTHS:-1024 4096 16384 65536} --repeats 5 --case-limit "${CASE_LIMIT:-8}"
+# The model-level table at batch 8: eager, torch.compile, and CUDA graphs (each model compiles in its untimed
+# warm-up step), on the same machine so the three compare.
 step bench_model "${MODEL_LIMIT:-90}" "$PY" -m harness.cli bench --model --device cuda --results "$scratch" \
-    --lengths ${MODEL_LENGTHS:-1024 2048 4096} --repeats 5
-ATTNBENCH_FLEX_CUDA=0 step bench_model_batched "${MODEL_LIMIT:-90}" "$PY" -m harness.cli bench --model --device cuda \
-    --results "$scratch" --attentions local sinkhorn --lengths ${MODEL_LENGTHS:-1024 2048 4096} --repeats 5
-# torch.compile on the same machine, against the eager run above (each model compiles in its untimed warm-up step)
-step bench_model_compiled "${COMPILE_LIMIT:-240}" "$PY" -m harness.cli bench --model --compile --device cuda \
-    --results "$scratch" --attentions ${COMPILE_ATTENTIONS:-local sinkhorn} --lengths ${COMPILE_LENGTHS:-1024 4096} \
+    --batch 8 --lengths ${MODEL_LENGTHS:-1024 4096 16384} --repeats 5
+step bench_model_compiled "${COMPILE_LIMIT:-75}" "$PY" -m harness.cli bench --model --compile --device cuda \
+    --results "$scratch" --batch 8 --attentions ${COMPILE_ATTENTIONS:-local sinkhorn} \
+    --lengths ${COMPILE_LENGTHS:-1024 4096} --repeats 5
+step bench_model_graphs "${COMPILE_LIMIT:-75}" "$PY" -m harness.cli bench --model --compile reduce-overhead \
+    --device cuda --results "$scratch" --batch 8 --attentions ${COMPILE_ATTENTIONS:-local sinkhorn} \
+    --lengths ${COMPILE_LENGTHS:-1024 4096} --repeats 5
+# sinkhorn's batched path (ATTNBENCH_FLEX_CUDA=0) against its FlexAttention path above, on the same machine
+ATTNBENCH_FLEX_CUDA=0 step bench_attention_batched "${BATCHED_LIMIT:-45}" "$PY" -m harness.cli bench --device cuda \
+    --results "$scratch" --attentions sinkhorn --lengths ${BATCHED_LENGTHS:-1024 4096 16384} --repeats 5
+ATTNBENCH_FLEX_CUDA=0 step bench_model_batched "${BATCHED_LIMIT:-45}" "$PY" -m harness.cli bench --model \
+    --device cuda --results "$scratch" --batch 8 --attentions local sinkhorn --lengths ${COMPILE_LENGTHS:-1024 4096} \
     --repeats 5
 tar -C "$scratch" -czf "$out/bench_store.tar.gz" . || true  # the Parquet store itself, for `attnbench report`
 cat "$out/summary.txt"

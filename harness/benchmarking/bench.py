@@ -9,6 +9,12 @@ which its cost matters: Gumbel noise, saved activations). Three figures per (att
 * ``saved_bytes``: bytes of the distinct tensor storages autograd saves for backward, the activation memory a model
   keeps per layer between its forward and backward (``torch.autograd.graph.saved_tensors_hooks``).
 
+On CUDA (``detailed``, the default there) a row says where the time goes (``measure_detailed``): the forward and the
+forward+backward timed apart with CUDA events after warm-up runs, the L2 cache flushed before every repeat
+(``harness.benchmarking.timing``); ``idle_share``, the share of a forward+backward's wall time in which the GPU runs no
+kernel (``harness.benchmarking.idle``); and ``roofline_share``, the plugin's analytic FLOPs per second over the card's
+dense bf16 peak (``harness.benchmarking.flops``).
+
 Peers (code outside the registry, e.g. a public implementation) join with ``extra={"name": factory}`` where
 ``factory(length)`` returns a module taking (q, k, v). ``harness.stats.fit_exponent`` gives a column's growth order.
 """
@@ -29,6 +35,9 @@ import torch
 from torch import nn
 
 import attentions
+from harness.benchmarking import flops as flop_counts
+from harness.benchmarking.idle import profile_idle_share
+from harness.benchmarking.timing import Timing, timing_for
 from harness.memory import measure_peak
 from harness.store import ResultStore, rows_for_trial
 
@@ -127,22 +136,88 @@ def measure(
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float32,
     repeats: int = 3,
+    detailed: bool | None = None,
+    **detail: Any,
 ) -> dict[str, Any]:
-    """One row of the sweep for an already built ``module``."""
+    """One row of the sweep for an already built ``module``. ``detailed`` (default: on CUDA only) adds the forward
+    time, the idle share and the roofline share (``measure_detailed``, which takes the ``detail`` keywords)."""
     device = torch.device(device)
     module = module.to(device).train()
     q, k, v = make_inputs(length, batch=batch, heads=heads, head_dim=head_dim, device=device, dtype=dtype)
+    if detailed if detailed is not None else device.type == "cuda":
+        return measure_detailed(name, module, q, k, v, repeats=repeats, **detail)
     times = time_forward_backward(module, q, k, v, repeats)
     _, peak = measure_peak(lambda: forward_backward(module, q, k, v), device)
     return {
         "attention": name,
         "length": length,
+        "batch": batch,
         "dtype": str(dtype).removeprefix("torch."),
         "device": device.type,
         "seconds": statistics.median(times),
         "seconds_min": min(times),  # what regression checks compare: other work on the machine only adds time
         "peak_memory_bytes": int(peak),
         "saved_bytes": saved_bytes(module, q, k, v),
+    }
+
+
+def device_peak_flops(device: torch.device, dtype: torch.dtype, override_tflops: float | None = None) -> float | None:
+    """The roofline a row is judged against: ``override_tflops``, else the card's dense bf16 peak when the sweep runs
+    in bf16 on a GPU the table knows; None otherwise (the share is then left empty)."""
+    if override_tflops is not None or (device.type == "cuda" and dtype == torch.bfloat16):
+        name = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
+        return flop_counts.bf16_peak(name, override_tflops)
+    return None
+
+
+def measure_detailed(
+    name: str,
+    module: nn.Module,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    repeats: int = 3,
+    timing: Timing | None = None,
+    peak_tflops: float | None = None,
+    profile_steps: int = 3,
+) -> dict[str, Any]:
+    """Where the time of one case goes: forward and forward+backward timed apart (``timing``: the device's, from
+    ``harness.benchmarking.timing``), peak and saved memory, the idle share of a profiled forward+backward, and
+    the roofline share of each time (the fastest repeat's attained FLOP/s over the peak)."""
+    device = q.device
+    timing = timing or timing_for(device)
+    batch, heads, length, head_dim = q.shape
+
+    def forward() -> None:
+        module(q, k, v)  # in training mode, recording the graph: the forward half of a training step
+
+    forward_times = timing.repeats(forward, repeats)
+    times = timing.repeats(lambda: forward_backward(module, q, k, v), repeats)
+    _, peak = measure_peak(lambda: forward_backward(module, q, k, v), device)
+    counted = flop_counts.attention_flops(name, module, length, batch=batch, heads=heads, head_dim=head_dim)
+    roof = device_peak_flops(device, q.dtype, peak_tflops)
+
+    def share(work: float, seconds: float) -> float:
+        return work / seconds / roof if roof and seconds > 0 else float("nan")
+
+    return {
+        "attention": name,
+        "length": length,
+        "batch": batch,
+        "dtype": str(q.dtype).removeprefix("torch."),
+        "device": device.type,
+        "seconds": statistics.median(times),
+        "seconds_min": min(times),
+        "forward_seconds": statistics.median(forward_times),
+        "forward_seconds_min": min(forward_times),
+        "peak_memory_bytes": int(peak),
+        "saved_bytes": saved_bytes(module, q, k, v),
+        "idle_share": profile_idle_share(lambda: forward_backward(module, q, k, v), device, profile_steps),
+        "flops_forward": float("nan") if counted is None else counted[0],
+        "flops": float("nan") if counted is None else counted[1],
+        "roofline_share_forward": float("nan") if counted is None else share(counted[0], min(forward_times)),
+        "roofline_share": float("nan") if counted is None else share(counted[1], min(times)),
     }
 
 
@@ -158,8 +233,13 @@ def sweep(
     repeats: int = 3,
     configs: Sequence[tuple[torch.device | str, torch.dtype]] | None = None,
     extra: Mapping[str, ModuleFactory] | None = None,
+    case_limit: float | None = None,
+    **detail: Any,
 ) -> list[dict[str, Any]]:
-    """Measure every plugin in ``names`` (and every peer in ``extra``) at every length and (device, dtype).
+    """Measure every plugin in ``names`` (and every peer in ``extra``) at every length and (device, dtype);
+    ``detail`` goes to ``measure`` (``detailed``, and ``measure_detailed``'s keywords). With ``case_limit``, a plugin
+    whose case took longer than that many seconds is not measured at its further lengths (a warning names it), so one
+    slow plugin cannot spend a sweep's time budget on its own.
 
     A case that runs out of memory is skipped with a warning that names it (Long Range Arena's tables mark such
     cells OOM), so one plugin's quadratic memory at the longest length does not lose the rest of the sweep."""
@@ -174,9 +254,13 @@ def sweep(
     }
     builders.update(extra or {})
     for device, dtype in configs or default_configs():
+        too_slow: set[str] = set()
         for length in lengths:
             for name, factory in builders.items():
+                if name in too_slow:
+                    continue
                 torch.manual_seed(0)
+                started = time.perf_counter()
                 try:
                     row = measure(
                         name,
@@ -188,14 +272,25 @@ def sweep(
                         device=device,
                         dtype=dtype,
                         repeats=repeats,
+                        **detail,
                     )
                 except torch.OutOfMemoryError:
                     where = torch.device(device)
-                    warnings.warn(f"{name} at L={length} on {where}: out of memory, skipped", stacklevel=2)
+                    warnings.warn(
+                        f"{name} at L={length} on {where}: out of memory, skipped (batch {batch})", stacklevel=2
+                    )
                     if where.type == "cuda":
                         torch.cuda.empty_cache()
                     continue
                 rows.append(row)
+                spent = time.perf_counter() - started
+                if case_limit is not None and spent > case_limit:
+                    too_slow.add(name)
+                    warnings.warn(
+                        f"{name} at L={length} on {device}: took {spent:.0f} s (limit {case_limit:g} s), "
+                        "its further lengths skipped",
+                        stacklevel=2,
+                    )
     return rows
 
 
@@ -243,7 +338,8 @@ def sinkhorn_flops(length: int, *, batch: int = 1, heads: int = 4, head_dim: int
 
 def roofline_lines(rows: Sequence[dict[str, Any]], **shape: int) -> list[str]:
     """``sinkhorn``'s attained FLOP/s at each measured length beside the 64-tile ``bmm`` throughput of the same
-    device, measured now (so in the same run and under the same load)."""
+    device, measured now (so in the same run and under the same load). ``shape``: heads, head_dim, block_size (and
+    batch, where a row does not say its own)."""
     lines = []
     for device, dtype in sorted({(r["device"], r["dtype"]) for r in rows if r["attention"] == "sinkhorn"}):
         peak = tile_bmm_flops(device, getattr(torch, dtype))
@@ -253,12 +349,33 @@ def roofline_lines(rows: Sequence[dict[str, Any]], **shape: int) -> list[str]:
             f"({cold / peak:.0%}) on operands from memory"
         )
         for row in (r for r in rows if r["attention"] == "sinkhorn" and r["device"] == device):
-            attained = sinkhorn_flops(row["length"], **shape) / row["seconds"]
+            size = {**shape, "batch": row.get("batch", shape.get("batch", 1))}
+            attained = sinkhorn_flops(row["length"], **size) / row["seconds"]
             lines.append(
-                f"  sinkhorn L={row['length']:<6} {attained / 1e9:7.1f} GFLOP/s (median) = {attained / peak:.0%} of "
-                "the 64-tile bmm"
+                f"  sinkhorn L={row['length']:<6} B={size['batch']:<3} {attained / 1e9:7.1f} GFLOP/s (median) = "
+                f"{attained / peak:.0%} of the 64-tile bmm"
             )
     return lines
+
+
+def row_line(row: dict[str, Any]) -> str:
+    """One measured case as a line of text: fastest forward+backward, memory, and on a detailed row the fastest
+    forward, the idle share and the roofline share of both."""
+    line = (
+        f"  {row['attention']:<18} L={row['length']:<6} B={row.get('batch', 1):<3} {row['device']:<5} "
+        f"{row['seconds_min'] * 1e3:9.2f} ms  peak {row['peak_memory_bytes'] / 2**20:9.2f} MiB  "
+        f"saved {row['saved_bytes'] / 2**20:9.2f} MiB"
+    )
+    if "forward_seconds_min" in row:
+        line += (
+            f"  fwd {row['forward_seconds_min'] * 1e3:8.2f} ms  idle {row['idle_share']:4.0%}  "
+            f"roofline fwd {_percent(row['roofline_share_forward'])} fwd+bwd {_percent(row['roofline_share'])}"
+        )
+    return line
+
+
+def _percent(share: float) -> str:
+    return "    –" if share != share else f"{share:5.1%}"
 
 
 def store_sweep(
@@ -267,6 +384,9 @@ def store_sweep(
     """Write a sweep to the results store, one stored "trial" per (attention, length, device, dtype) of grid ``bench``,
     task ``speed_memory``: metrics ``seconds`` (median) and ``saved_bytes`` in split ``forward_backward``, the
     ``length`` and ``peak_memory_bytes`` columns set. ``config["run"]`` keeps runs apart. Returns the trial count.
+    A detailed row (CUDA) adds ``seconds`` and ``roofline_share`` in split ``forward``, and ``idle_share``,
+    ``roofline_share`` and ``flops`` in split ``forward_backward`` (a share the row could not compute is left out).
+    A row's ``batch`` is part of its trial (``config["batch"]`` may list several).
     ``model=True`` stores the model-level sweep (``harness.benchmarking.model_bench``) as task ``model_step``:
     metrics ``seconds`` and ``steps_per_second`` in split ``train_step``."""
     from harness.provenance import loaded_code_version, versions
@@ -286,6 +406,7 @@ def store_sweep(
             "length": row["length"],
             "dtype": row["dtype"],
             "device": row["device"],
+            **({"batch": row["batch"]} if "batch" in row else {}),
         }
         trial_id = hashlib.sha256(json.dumps(trial, sort_keys=True, default=str).encode()).hexdigest()[:16]
         common = {
@@ -304,7 +425,26 @@ def store_sweep(
             else [
                 ("forward_backward", "seconds", row["seconds"]),
                 ("forward_backward", "saved_bytes", row["saved_bytes"]),
+                *_detail_metrics(row),
             ]
         )
         store.write_trial(trial_id, rows_for_trial(trial_id, trial, metrics=metrics, error=None, common=common))
     return len(rows)
+
+
+DETAIL_METRICS = (  # (split, metric, row field) of a detailed (CUDA) row
+    ("forward", "seconds", "forward_seconds"),
+    ("forward", "roofline_share", "roofline_share_forward"),
+    ("forward_backward", "idle_share", "idle_share"),
+    ("forward_backward", "roofline_share", "roofline_share"),
+    ("forward_backward", "flops", "flops"),
+)
+
+
+def _detail_metrics(row: dict[str, Any]) -> list[tuple[str, str, float]]:
+    """The detailed row's extra metrics, those it has a finite value for."""
+    return [
+        (split, metric, float(row[field]))
+        for split, metric, field in DETAIL_METRICS
+        if field in row and row[field] == row[field]  # NaN: not computed (no FLOP count or unknown peak)
+    ]

@@ -23,7 +23,7 @@ import torch
 
 import attentions
 from harness.memory import measure_peak
-from harness.model import ModelConfig, Transformer, compile_in_place
+from harness.model import ModelConfig, Transformer, compile_in_place, compile_mode, dense_masks
 
 VOCAB = 256  # byte-level, as a char LM task
 
@@ -53,22 +53,29 @@ def model_config(
 class _Trainee:
     """One model, its AdamW optimizer and a fixed batch: ``step()`` is one training step."""
 
-    def __init__(self, cfg: ModelConfig, batch: int, device: torch.device, dtype: torch.dtype, compile: bool = False):
+    def __init__(
+        self, cfg: ModelConfig, batch: int, device: torch.device, dtype: torch.dtype, compile: bool | str = False
+    ):
         torch.manual_seed(0)
         self.model = Transformer(cfg).to(device=device, dtype=dtype).train()
-        if compile:
-            compile_in_place(self.model)  # the warm-up step compiles, before any step is timed
+        if compile:  # the warm-up step compiles, before any step is timed
+            compile_in_place(self.model, compile_mode(compile))
         # Fused AdamW (one kernel for all parameters) keeps the optimizer, which is the same for every plugin, from
         # diluting the differences between them with per-parameter overhead.
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-4, fused=True)
         g = torch.Generator().manual_seed(0)
-        tokens = torch.randint(2, VOCAB, (batch, cfg.max_len + 1), generator=g).to(device)  # L inputs, L targets
-        self.batch = {"tokens": tokens, "mask": torch.ones_like(tokens, dtype=torch.bool)}
+        tokens = torch.randint(2, VOCAB, (batch, cfg.max_len + 1), generator=g)  # L inputs, L targets
+        host = {"tokens": tokens, "mask": torch.ones_like(tokens, dtype=torch.bool)}
+        self.dense = dense_masks(host)  # decided on the host, as the trainer does: no sync inside the step
+        self.batch = {key: value.to(device) for key, value in host.items()}
         self.device = device
+        self.graphs = compile_mode(compile) == "reduce-overhead"
 
     def step(self) -> None:
+        if self.graphs:  # a new step: the CUDA graphs' previous outputs are done with (torch.compile's graph trees)
+            torch.compiler.cudagraph_mark_step_begin()
         self.optimizer.zero_grad(set_to_none=True)
-        self.model(self.batch).backward()
+        self.model(self.batch, dense=self.dense).backward()
         self.optimizer.step()
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
@@ -86,11 +93,12 @@ def model_sweep(
     repeats: int = 3,
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float32,
-    compile: bool = False,
+    compile: bool | str = False,
 ) -> list[dict[str, Any]]:
     """One row per (plugin, length): ``seconds`` (median step), ``seconds_min``, ``steps_per_second`` (1 / median)
     and ``peak_memory_bytes``. The max_len of the model is the length itself. ``compile``: every model goes through
-    ``torch.compile`` first (``harness.model.compile_in_place``); the compile is not timed."""
+    ``torch.compile`` first (``harness.model.compile_in_place``; ``"reduce-overhead"``: CUDA graphs on a GPU); the
+    compile is not timed. ``batch`` is per row as ``batch`` (the rows of several batch sizes can share a table)."""
     device = torch.device(device)
     rows = []
     for length in lengths:
@@ -119,6 +127,7 @@ def model_sweep(
                 {
                     "attention": name,
                     "length": length,
+                    "batch": batch,
                     "dtype": str(dtype).removeprefix("torch."),
                     "device": device.type,
                     "seconds": median,
@@ -146,15 +155,17 @@ def relative_to_vanilla(rows: Sequence[dict[str, Any]]) -> dict[tuple[str, int, 
 
 
 def table_lines(rows: Sequence[dict[str, Any]]) -> list[str]:
-    """The efficiency table as text: per device and length, each plugin's steps/s and peak memory, and both
-    relative to vanilla (speed: higher is better; memory: lower is better)."""
-    relative = relative_to_vanilla(rows)
+    """The efficiency table as text: per device, batch and length, each plugin's steps/s and peak memory, and both
+    relative to vanilla at the same batch (speed: higher is better; memory: lower is better)."""
     columns = ("steps/s", "x vanilla", "peak MiB", "x vanilla")
-    lines = [f"  {'attention':<18} {'L':>6} {'device':<6} " + " ".join(f"{c:>9}" for c in columns)]
-    for r in sorted(rows, key=lambda r: (r["device"], r["length"])):
-        speed, memory = relative.get((r["attention"], r["length"], r["device"]), (float("nan"), float("nan")))
-        lines.append(
-            f"  {r['attention']:<18} {r['length']:>6} {r['device']:<6} {r['steps_per_second']:>9.3f} {speed:>9.2f} "
-            f"{r['peak_memory_bytes'] / 2**20:>9.1f} {memory:>9.2f}"
-        )
+    lines = [f"  {'attention':<18} {'L':>6} {'B':>3} {'device':<6} " + " ".join(f"{c:>9}" for c in columns)]
+    for batch in sorted({r.get("batch", 1) for r in rows}):
+        same = [r for r in rows if r.get("batch", 1) == batch]
+        relative = relative_to_vanilla(same)
+        for r in sorted(same, key=lambda r: (r["device"], r["length"])):
+            speed, memory = relative.get((r["attention"], r["length"], r["device"]), (float("nan"), float("nan")))
+            lines.append(
+                f"  {r['attention']:<18} {r['length']:>6} {batch:>3} {r['device']:<6} {r['steps_per_second']:>9.3f} "
+                f"{speed:>9.2f} {r['peak_memory_bytes'] / 2**20:>9.1f} {memory:>9.2f}"
+            )
     return lines

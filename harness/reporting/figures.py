@@ -177,12 +177,16 @@ def sweep_figure(param: str, trials: pd.DataFrame, values: pd.DataFrame) -> dict
 
 
 def latest_speed_rows(frame: pd.DataFrame) -> pd.DataFrame:
-    """Speed/memory rows of ``attnbench bench``, keeping the latest run per (attention, length, device, metric)."""
-    rows = frame[(frame["task"] == SPEED_TASK) & (frame["status"] == "ok") & frame["length"].notna()].copy()
+    """Forward+backward rows of ``attnbench bench``, keeping the latest run per (attention, length, device, metric);
+    a batch other than 1 is part of the line's label (B=8), so sweeps over several batches draw one line each."""
+    rows = frame[(frame["task"] == SPEED_TASK) & (frame["status"] == "ok") & frame["length"].notna()]
+    rows = rows[rows["split"] == "forward_backward"].copy()  # the forward-only times of a GPU sweep are tabled apart
     if rows.empty:
         return rows.assign(label=pd.Series(dtype=str))
+    batches = rows["config"].map(lambda c: parse_json(c).get("batch", 1))
     rows["label"] = [
-        attention_label(str(a), parse_json(p)) for a, p in zip(rows["attention"], rows["params"], strict=True)
+        attention_label(str(a), parse_json(p)) + (f" (B={b})" if isinstance(b, int) and b != 1 else "")
+        for a, p, b in zip(rows["attention"], rows["params"], batches, strict=True)
     ]
     rows["device"] = rows["device"].fillna("unknown")
     rows = rows.sort_values("finished_at", kind="stable", na_position="first")

@@ -18,7 +18,7 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 
 from harness.reporting import figures
 from harness.reporting.curves import curves_figure
-from harness.reporting.efficiency import MODEL_TASK, model_table
+from harness.reporting.efficiency import MODEL_TASK, attention_table, model_table
 from harness.reporting.labels import LM_TASKS, SPEED_TASK, context_captions, last_line, trial_info
 from harness.reporting.paper import Section, load_sections
 from harness.reporting.setup import setup_rows
@@ -119,7 +119,8 @@ def build_sections(
         elif section.kind == "speed":
             figure = figures.speed_figure(frame)
             bench, model = trials[trials["task"] == SPEED_TASK], model_table(frame)
-            if figure is not None or len(bench) or model:
+            attention = attention_table(frame)
+            if figure is not None or len(bench) or model or attention:
                 out.append(
                     {
                         "kind": "speed",
@@ -128,6 +129,7 @@ def build_sections(
                         "caption": section.caption,
                         "figure": figure,
                         "model": model,
+                        "attention": attention,
                         "failed": _failed_records(bench[bench["status"] == "failed"]),
                     }
                 )

@@ -17,10 +17,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
 
 import attentions
 import tasks
+from harness.model import COMPILE_MODES
 from harness.running.overrides import Override, blame
 from harness.running.overrides import apply as apply_overrides
 
@@ -68,11 +69,19 @@ class TrainConfig(_Strict):
     select: Literal["last", "best"] = Field("last", description="test the last step, or the best val step")
     keep_checkpoints: bool = Field(False, description="keep a trial's checkpoints after its result is stored")
     deepspeed: dict[str, Any] = Field(default_factory=dict, description="merged into the DeepSpeed config")
-    compile: bool = Field(
+    compile: bool | str = Field(
         False,
         description="torch.compile the model (static shapes) to fuse small operators; each new shape pays a compile, "
-        "and at batch 1 on an H200 it sped sinkhorn up 1.12x but slowed vanilla and local (README)",
+        "and at batch 1 on an H200 it sped sinkhorn up 1.12x but slowed vanilla and local (README). "
+        "'reduce-overhead': the same, each compiled graph replayed as a CUDA graph on a GPU",
     )
+
+    @field_validator("compile", mode="before")
+    @classmethod
+    def _compile_mode(cls, value: Any) -> bool | str:
+        if not (isinstance(value, bool) or value in COMPILE_MODES[1:]):
+            raise ValueError(f"must be true, false or 'reduce-overhead' (CUDA graphs), got {value!r}")
+        return value
 
     @model_validator(mode="after")
     def _best_needs_validation(self) -> TrainConfig:

@@ -20,7 +20,7 @@ import torch
 
 import tasks
 from harness.memory import measure_peak
-from harness.model import ModelConfig, Transformer, compile_in_place
+from harness.model import ModelConfig, Transformer, compile_in_place, compile_mode, dense_masks
 from harness.running.checkpoints import TrialCheckpoints, rng_state, set_rng_state
 from harness.running.grid import deep_merge
 from harness.running.metrics import evaluate, headline, improves
@@ -192,7 +192,7 @@ def run_trial(
     num_parameters = model.num_parameters()
     train = config["train"]
     if train.get("compile"):
-        compile_in_place(model)
+        compile_in_place(model, compile_mode(train["compile"]))
     optimizer = torch.optim.AdamW(model.parameters(), lr=train["lr"], weight_decay=train["weight_decay"])
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(train))
     engine, _, _, _ = deepspeed.initialize(
@@ -221,8 +221,9 @@ def run_trial(
         # Each rank takes its own slice of the global batch, so any world size sees the same global batch.
         batch = task.train_batch(train["batch_size"], index)
         tokens = sum(int(v.sum()) for k, v in batch.items() if k.endswith("mask"))
-        batch = {k: v[rank * micro : (rank + 1) * micro].to(device) for k, v in batch.items()}
-        loss = engine(batch)
+        batch = {k: v[rank * micro : (rank + 1) * micro] for k, v in batch.items()}
+        dense = dense_masks(batch)  # on the host batch: the step reads no mask back from the device
+        loss = engine({k: v.to(device) for k, v in batch.items()}, dense=dense)
         engine.backward(loss)
         engine.step()
         value = loss.item()

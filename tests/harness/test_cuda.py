@@ -198,3 +198,49 @@ def test_flex_path_matches_the_batched_path_on_cuda(causal, length, block, monke
         torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4 * b.abs().max().item() + 1e-7)
     low, _ = run(True, torch.bfloat16)
     assert (low - out).abs().max() <= 0.05 * out.abs().max() + 0.02
+
+
+@pytest.mark.parametrize("name", ["vanilla", "local"])
+def test_a_training_step_with_masks_decided_on_the_host_makes_no_host_sync(name):
+    """With ``dense_masks`` of the host batch, forward and backward of the LM queue their kernels without waiting
+    for the GPU (``torch.cuda.set_sync_debug_mode("error")`` raises on any synchronizing call)."""
+    from harness.model import ModelConfig, Transformer, dense_masks
+
+    cfg = ModelConfig(kind="lm", vocab_size=64, max_len=256, attention=name,
+                      attention_params={"block_size": 32} if name == "local" else {}, dim=64, heads=2)  # fmt: skip
+    model = Transformer(cfg).cuda().train()
+    tokens = torch.randint(2, 64, (2, 257), generator=torch.Generator().manual_seed(0))
+    host = {"tokens": tokens, "mask": torch.ones_like(tokens, dtype=torch.bool)}
+    dense = dense_masks(host)
+    batch = {key: value.cuda() for key, value in host.items()}
+    model(batch, dense=dense).backward()  # warm-up: allocations, kernel choice
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        model(batch, dense=dense).backward()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
+def test_reduce_overhead_lm_matches_eager_on_cuda(monkeypatch):
+    """``train.compile: reduce-overhead`` (CUDA graphs): the replayed steps give the eager loss (fp32)."""
+    import torch._inductor.config
+
+    from harness.model import ModelConfig, Transformer, compile_in_place, dense_masks
+
+    monkeypatch.setattr(torch._inductor.config, "fallback_random", True)
+    cfg = ModelConfig(kind="lm", vocab_size=64, max_len=256, attention="local", attention_params={"block_size": 32},
+                      dim=64, heads=2)  # fmt: skip
+    torch.manual_seed(0)
+    eager = Transformer(cfg).cuda().train()
+    torch.manual_seed(0)
+    graphs = compile_in_place(Transformer(cfg).cuda().train(), "reduce-overhead")
+    tokens = torch.randint(2, 64, (2, 257), generator=torch.Generator().manual_seed(0))
+    host = {"tokens": tokens, "mask": torch.ones_like(tokens, dtype=torch.bool)}
+    batch, dense = {key: value.cuda() for key, value in host.items()}, dense_masks(host)
+    want = eager(batch, dense=dense).item()
+    for _ in range(3):  # warm-up, recording, replay
+        torch.compiler.cudagraph_mark_step_begin()
+        got = graphs(batch, dense=dense)
+        got.backward()
+    assert got.item() == pytest.approx(want, rel=1e-4)

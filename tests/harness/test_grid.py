@@ -152,3 +152,16 @@ def test_missing_grid_and_include_cycle(tmp_path):
     write(tmp_path, "include: a.yaml\n", "b.yaml")
     with pytest.raises(GridError, match="include: cycle"):
         load_trials(tmp_path / "a.yaml")
+
+
+def test_train_compile_takes_a_bool_or_reduce_overhead(tmp_path):
+    """CUDA graphs are a validated grid value; `compile: true` keeps its trial ids, the new mode makes new trials."""
+    on = {t.label: t.trial_id for t in load_trials(write(tmp_path, BASE + "  compile: true\n", "on.yaml"))[1]}
+    graphs = load_trials(write(tmp_path, BASE + "  compile: reduce-overhead\n", "graphs.yaml"))[1]
+    assert {t.train["compile"] for t in graphs} == {"reduce-overhead"}
+    assert not {t.trial_id for t in graphs} & set(on.values())
+    for value in ("max-speed", "1", "[true]"):
+        path = write(tmp_path, BASE + f"  compile: {value}\n", "bad.yaml")
+        with pytest.raises(GridError) as info:
+            load_trials(path)
+        assert "train.compile" in str(info.value) and "true, false or 'reduce-overhead'" in str(info.value)

@@ -127,3 +127,55 @@ def test_compiled_model_gives_the_eager_loss_and_gradients(monkeypatch):
     scale = max(p.grad.abs().max().item() for p in eager.parameters())
     for (name, a), b in zip(eager.named_parameters(), compiled.parameters(), strict=True):
         torch.testing.assert_close(b.grad, a.grad, rtol=1e-5, atol=1e-6 * scale, msg=lambda m, n=name: f"{n}: {m}")
+
+
+@pytest.mark.parametrize("kind", ["lm", "classify", "seq2seq"])
+def test_masks_decided_on_the_host_give_the_same_loss_without_reading_a_mask(kind, monkeypatch):
+    """``forward(batch, dense=dense_masks(host_batch))`` never reads a mask's values (on a GPU, a host sync) and
+    gives the loss of the model that checks each mask itself, with and without padding."""
+    import harness.model as model_module
+    from harness.model import dense_masks
+
+    torch.manual_seed(0)
+    model = Transformer(config(kind, "local")).train()
+    g = torch.Generator().manual_seed(0)
+    tokens = torch.randint(2, 12, (2, 17), generator=g)
+    full = torch.ones_like(tokens, dtype=torch.bool)
+    padded = full.clone()
+    padded[1, 12:] = False
+    for mask in (full, padded):
+        if kind == "seq2seq":
+            batch = {"src": tokens, "src_mask": mask, "tgt": tokens.flip(1), "tgt_mask": full}
+        else:
+            batch = {"tokens": tokens, "mask": mask, "label": torch.tensor([0, 2])}
+        dense = dense_masks(batch)
+        assert dense == {key for key, value in batch.items() if key.endswith("mask") and bool(value.all())}
+        torch.manual_seed(1)
+        checked = model(batch)
+        monkeypatch.setattr(model_module, "padding_or_none", lambda m: pytest.fail("read a mask's values"))
+        torch.manual_seed(1)
+        decided = model(batch, dense=dense)
+        monkeypatch.undo()
+        assert torch.equal(decided, checked)
+
+
+def test_a_mask_decided_dense_reaches_the_plugin_as_none_and_a_padded_one_as_itself(monkeypatch):
+    from attentions.local import LocalAttention
+    from harness.model import dense_masks
+
+    received = []
+    real = LocalAttention.forward
+    monkeypatch.setattr(
+        LocalAttention, "forward", lambda self, q, k, v, padding_mask=None: received.append(padding_mask)
+        or real(self, q, k, v, padding_mask)
+    )  # fmt: skip
+    model = Transformer(config("classify", "local"))
+    tokens = torch.randint(2, 12, (2, 16))
+    full = torch.ones_like(tokens, dtype=torch.bool)
+    model({"tokens": tokens, "mask": full, "label": torch.tensor([0, 1])}, dense=dense_masks({"mask": full}))
+    assert received == [None, None]  # both layers
+    padded = full.clone()
+    padded[0, 10:] = False
+    received.clear()
+    model({"tokens": tokens, "mask": padded, "label": torch.tensor([0, 1])}, dense=dense_masks({"mask": padded}))
+    assert len(received) == 2 and all(m is padded for m in received)

@@ -158,7 +158,7 @@ def test_bench_compile_reaches_every_model_and_the_store_and_needs_model_mode(tm
     from harness.benchmarking import model_bench
 
     compiled = []
-    monkeypatch.setattr(model_bench, "compile_in_place", lambda model: compiled.append(model) or model)
+    monkeypatch.setattr(model_bench, "compile_in_place", lambda model, mode=None: compiled.append(mode) or model)
     small = ["--lengths", "64", "--repeats", "1", "--device", "cpu", "--heads", "2", "--head-dim", "8"]
     results = str(tmp_path / "results")
     assert main(["bench", "--model", "--compile", "--attentions", "local", *small, "--results", results]) == 0
@@ -203,3 +203,31 @@ def test_a_time_regression_counts_only_when_measuring_again_confirms_it(tmp_path
         assert code == 1 and err.count("regression: local at L=256: time 0.750x vanilla") == 1
     else:
         assert code == 0 and "regression:" not in err
+
+
+def test_bench_compile_reduce_overhead_and_batch_lists(tmp_path, monkeypatch, capsys):
+    """`--compile reduce-overhead` reaches every model and the stored config; an unknown mode is refused; `--batch`
+    takes several sizes (each case stores its own), but the gate compares one."""
+    import pyarrow.dataset as ds
+
+    from harness.benchmarking import model_bench
+
+    modes = []
+    monkeypatch.setattr(model_bench, "compile_in_place", lambda model, mode=None: modes.append(mode) or model)
+    small = ["--lengths", "64", "--repeats", "1", "--device", "cpu", "--heads", "2", "--head-dim", "8"]
+    results = str(tmp_path / "results")
+    args = ["bench", "--model", "--attentions", "local", *small, "--results", results]
+    assert main([*args, "--compile", "reduce-overhead", "--batch", "1", "2"]) == 0
+    assert modes == ["reduce-overhead"] * 4  # vanilla and local, at each batch
+    stored = ds.dataset(results).to_table(columns=["trial_id", "config"]).to_pylist()
+    configs = {row["trial_id"]: json.loads(row["config"]) for row in stored}  # one trial per (plugin, batch)
+    assert {c["model"]["compile"] for c in configs.values()} == {"reduce-overhead"}
+    assert sorted(c["batch"] for c in configs.values()) == [1, 1, 2, 2]
+    out = capsys.readouterr().out
+    assert all(f"local                  64   {b} cpu" in out for b in (1, 2))
+    with pytest.raises(SystemExit):
+        main([*args, "--compile", "max-speed"])
+    assert "unknown compile mode 'max-speed'" in capsys.readouterr().err
+    baseline = str(tmp_path / "b.json")
+    assert main([*args, "--batch", "1", "8", "--save-baseline", baseline]) == 2
+    assert "give --batch a single value" in capsys.readouterr().err

@@ -94,11 +94,44 @@ def test_train_compile_compiles_the_model_before_deepspeed_wraps_it(monkeypatch)
     import harness.running.trainer as trainer
 
     compiled = []
-    monkeypatch.setattr(trainer, "compile_in_place", lambda model: compiled.append(type(model).__name__) or model)
+    monkeypatch.setattr(
+        trainer, "compile_in_place", lambda model, mode=None: compiled.append((type(model).__name__, mode)) or model
+    )
     run_trial(trial("local", {"block_size": 4}, steps=2))
     assert compiled == []
     run_trial(trial("local", {"block_size": 4}, steps=2, compile=True))
-    assert compiled == ["Transformer"]
+    assert compiled == [("Transformer", None)]
+    run_trial(trial("local", {"block_size": 4}, steps=2, compile="reduce-overhead"))  # CUDA graphs on a GPU
+    assert compiled[-1] == ("Transformer", "reduce-overhead")
+
+
+def test_the_training_step_decides_padding_on_the_host_batch(monkeypatch):
+    """The masks are judged on the CPU batch before it moves to the device, and the model's training forward then
+    never reads a mask's values (on a GPU that read is a host sync in every step)."""
+    import harness.model as model
+    import harness.running.trainer as trainer
+
+    judged, passed = [], []
+    real_dense, real_forward = model.dense_masks, model.Transformer.forward
+
+    def dense_masks(batch):
+        judged.append({key: value.device.type for key, value in batch.items()})
+        return real_dense(batch)
+
+    def forward(self, batch, dense=None):
+        passed.append(dense)
+        return real_forward(self, batch, dense)
+
+    def padding_or_none(mask):
+        assert not torch.is_grad_enabled(), "a training forward read a mask's values"  # evaluation may
+        return None if mask is None or bool(mask.all()) else mask
+
+    monkeypatch.setattr(trainer, "dense_masks", dense_masks)
+    monkeypatch.setattr(model.Transformer, "forward", forward)
+    monkeypatch.setattr(model, "padding_or_none", padding_or_none)
+    run_trial(trial("local", {"block_size": 4}, steps=3))
+    assert len(judged) == 3 and all(set(devices.values()) == {"cpu"} for devices in judged)
+    assert passed == [frozenset({"src_mask", "tgt_mask"})] * 3  # sort's sequences fill their length
 
 
 def test_plugin_statistics_are_stored_for_training_and_evaluation():
