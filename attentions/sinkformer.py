@@ -23,8 +23,8 @@ import torch
 
 from attentions._blocks import key_valid
 from attentions._registry import require_int
-from attentions._sinkhorn_ops import log_sinkhorn
 from attentions.base import Attention, register_attention
+from attentions.sinkhorn.balancing import log_sinkhorn
 
 
 @register_attention("sinkformer")

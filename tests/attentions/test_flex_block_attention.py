@@ -7,9 +7,9 @@ import pytest
 import torch
 
 import attentions
-from attentions import _flex_block_attention as flex
-from attentions._block_attention import reference
 from attentions._blocks import causal_block_mask
+from attentions.sinkhorn import flex
+from attentions.sinkhorn.block_attention import reference
 
 B, H, N, BLOCK, D = 2, 2, 5, 8, 16
 

@@ -1,15 +1,15 @@
 """Sinkhorn block attention as one FlexAttention call: the GPU path of ``sinkhorn``'s sort-and-attend step.
 
-On a GPU the batched path (``_block_attention``) is a few dozen small kernels per layer, so below about 16K tokens it
+On a GPU the batched path (``block_attention``) is a few dozen small kernels per layer, so below about 16K tokens it
 measured kernel launches rather than arithmetic. FlexAttention expresses the step exactly and compiles it into one fused
 forward and one fused backward that never write the scores to memory: keys and values are ``[K; sorted K]`` (length
 2L), and a block mask lets query block i see key block i of the first half (j <= i inside it when causal) and sorted
 block i of the second. A sort-matrix row with no mass (block 0 under Causal Sinkhorn Balancing, which has no earlier
 block) reads nothing from the sorted half: a score modification sends those scores to -inf, as ``sorted_ok`` masks them
-in ``_block_attention``. Inputs with padding keep the batched path.
+in ``block_attention``. Inputs with padding keep the batched path.
 
 Used on CUDA unless ``ATTNBENCH_FLEX_CUDA=0``; on the CPU torch 2.13 has no FlexAttention backward, so the CPU keeps
-its fused kernel. The forward runs anywhere, which is how the CPU tests pin it against ``_block_attention.reference``.
+its fused kernel. The forward runs anywhere, which is how the CPU tests pin it against ``block_attention.reference``.
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ def _block_mask(length: int, block: int, causal: bool, device: str) -> BlockMask
 
 
 def flex_block_attention(q, kb, vb, sort, *, causal: bool) -> torch.Tensor:
-    """q, kb, vb: (B, H, n, b, D), sort: (B, H, n, n) -> (B, H, n, b, D); the result of ``_block_attention.reference``
+    """q, kb, vb: (B, H, n, b, D), sort: (B, H, n, n) -> (B, H, n, b, D); the result of ``block_attention.reference``
     with no padding (``sorted_ok`` = rows of ``sort`` with mass, ``local_ok`` = the causal triangle or None)."""
     batch, heads, n, block, dim = q.shape
     length = n * block
