@@ -5,13 +5,15 @@ their operator references and the kernels that run them, side by side, so that w
 | --- | --- | --- |
 | ``plugins`` | the three registered plugins | any device |
 | ``sortnet`` | per-head sorting network (Table 8), Gumbel noise | any device |
-| ``balancing`` | ``log_sinkhorn`` and its operator reference | CPU: C++ kernel; elsewhere: operators |
+| ``balancing`` | ``log_sinkhorn`` and its operator reference | CPU: C++ kernel; CUDA: ``triton_balancing`` |
+| ``triton_balancing`` | ``log_sinkhorn`` as two Triton kernels (n <= 128) | CUDA; the CPU tests interpret it |
 | ``block_attention`` | sort-and-attend step, hand-written backward | CPU: C++ kernel; elsewhere: batched products |
 | ``flex`` | sort-and-attend step as one FlexAttention call | CUDA, unpadded inputs |
 | ``sort_stats`` | how far a learned sort is from trivial | any device |
 
 The CPU kernels (``csrc/log_sinkhorn.cpp``, ``csrc/sinkhorn_block.cpp``) are built by ``attentions._fused_cpu``
-(``ATTNBENCH_FUSED_CPU=0`` turns them off, ``ATTNBENCH_FLEX_CUDA=0`` the FlexAttention path); ``sinkformer`` balances
+(``ATTNBENCH_FUSED_CPU=0`` turns them off, ``ATTNBENCH_TRITON_CUDA=0`` the Triton kernels, ``ATTNBENCH_FLEX_CUDA=0``
+the FlexAttention path); larger matrices and other devices balance in operators; ``sinkformer`` balances
 with this package's ``log_sinkhorn`` too.
 """
 

@@ -8,13 +8,17 @@ Sinkformer's ``iterations=n`` is ``steps=n`` (so one step is exactly a row softm
 Sinkhorn Balancing in a leak-free form: a column is normalized by its prefix over rows (logcumsumexp down the rows), so
 row i never depends on any later row; row normalization only involves row i itself.
 
-On the CPU the balancing runs in a compiled kernel (``csrc/log_sinkhorn.cpp``). The operator form,
-``reference_log_sinkhorn``, is its oracle and the path elsewhere; its prefix normalization is ``prefix_logsumexp``,
+On the CPU the balancing runs in a compiled kernel (``csrc/log_sinkhorn.cpp``), on CUDA in two Triton kernels
+(``triton_balancing``) up to their largest matrix. The operator form, ``reference_log_sinkhorn``, is the oracle of
+both and the path elsewhere; its prefix normalization is ``prefix_logsumexp``,
 since torch's CPU ``logcumsumexp`` costs about 0.4 ms on a 4 x 64 x 64 matrix (one exp and one log1p per element,
 unvectorized) and with its backward was 94% of causal balancing in operators.
 """
 
 from __future__ import annotations
+
+import importlib.util
+import os
 
 import torch
 from torch.autograd.function import once_differentiable
@@ -30,13 +34,31 @@ def log_sinkhorn(
 
     On the CPU (float32, float64) it runs the compiled kernel (``csrc/log_sinkhorn.cpp``, through ``_LogSinkhorn``):
     the matrices of the sinkhorn family are small (blocks x blocks), so per-operator cost, not arithmetic, was most of
-    their time in torch operators. Elsewhere, or where the kernel cannot be built, it is ``reference_log_sinkhorn``.
+    their time in torch operators. On CUDA, for n up to ``triton_balancing.MAX_N``, it runs the two Triton kernels of
+    ``triton_balancing`` (every step in one launch each way; ``ATTNBENCH_TRITON_CUDA=0`` switches them off).
+    Elsewhere, or where a kernel cannot be used, it is ``reference_log_sinkhorn``.
     """
     if steps < 0:
         raise ValueError(f"log_sinkhorn: steps must be >= 0, got {steps}")
-    if log_alpha.dim() < 2 or log_alpha.shape[-1] != log_alpha.shape[-2] or log_alpha.device.type != "cpu":
+    if log_alpha.dim() < 2 or log_alpha.shape[-1] != log_alpha.shape[-2]:
         return reference_log_sinkhorn(log_alpha, steps, mask=mask, causal=causal)
-    return _on_cpu(log_alpha, steps, mask, causal)
+    if log_alpha.device.type == "cpu":
+        return _on_cpu(log_alpha, steps, mask, causal)
+    if log_alpha.is_cuda and _triton_applies(log_alpha):
+        from attentions.sinkhorn import triton_balancing
+
+        return triton_balancing.triton_log_sinkhorn(log_alpha, steps, mask=mask, causal=causal)
+    return reference_log_sinkhorn(log_alpha, steps, mask=mask, causal=causal)
+
+
+def _triton_applies(x: torch.Tensor) -> bool:
+    """Whether the Triton kernels take ``x``; triton is imported only here, on the first CUDA call (importing it
+    earlier would fix its interpreter setting before a test can choose it)."""
+    if os.environ.get("ATTNBENCH_TRITON_CUDA", "1") == "0" or importlib.util.find_spec("triton") is None:
+        return False
+    from attentions.sinkhorn import triton_balancing
+
+    return triton_balancing.applies(x)
 
 
 @torch.compiler.disable
