@@ -43,22 +43,35 @@ def _compiled_flex():
     return torch.compile(flex_attention, dynamic=False)
 
 
-@torch.compiler.disable  # built eagerly even inside a compiled model (a plain BlockMask goes into the graph)
+_BLOCK_MASKS: dict[tuple[int, int, bool, str], BlockMask] = {}
+
+
 def block_mask(length: int, block: int, causal: bool, device: str) -> BlockMask:
-    return _block_mask(length, block, causal, device)
+    """The block mask of (length, block, causal, device), built once and then only looked up.
+
+    Under ``torch.compile`` the lookup is traced (a hit is a graph input guarded on the cache): only the first call for
+    a key leaves the graph to build the mask, and the recompile that follows reads it, so a compiled or CUDA-graph step
+    never rebuilds it."""
+    key = (length, block, causal, device)
+    mask = _BLOCK_MASKS.get(key)
+    if mask is None:
+        mask = _build_block_mask(*key)
+    return mask
 
 
-@functools.cache
-def _block_mask(length: int, block: int, causal: bool, device: str) -> BlockMask:
+@torch.compiler.disable  # built eagerly, outside any captured region
+def _build_block_mask(length: int, block: int, causal: bool, device: str) -> BlockMask:
     """Query i sees key j < L in its own block (j <= i when causal) and key L + j in sorted block i; structural only,
-    so it is made once per (length, block, causal, device)."""
+    so it depends on nothing but the key."""
 
     def visible(b, h, q_idx, kv_idx):
         own = kv_idx < length
         same_block = torch.where(own, kv_idx, kv_idx - length) // block == q_idx // block
         return same_block & (~own | (kv_idx <= q_idx)) if causal else same_block
 
-    return create_block_mask(visible, B=None, H=None, Q_LEN=length, KV_LEN=2 * length, device=device)
+    mask = create_block_mask(visible, B=None, H=None, Q_LEN=length, KV_LEN=2 * length, device=device)
+    _BLOCK_MASKS[(length, block, causal, device)] = mask
+    return mask
 
 
 def flex_block_attention(q, kb, vb, sort, *, causal: bool) -> torch.Tensor:
