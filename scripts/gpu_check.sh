@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU checks in one go, on a machine whose python3 already has a CUDA build of torch (the project's .venv pins
 # the CPU build, so this does not use it): the CUDA tests (every plugin in fp32 and bf16, causality on the GPU, a
-# DeepSpeed trial in bf16 over nccl that checkpoints and resumes), then the attention and model-level benchmarks on
+# DeepSpeed trial in bf16 over nccl that checkpoints and resumes), sinkhorn's Triton balancing kernels (their tests on
+# CUDA, bf16 against fp32, a timing against the operators), then the attention and model-level benchmarks on
 # cuda/bf16, eager and compiled. Each step has its own time limit and log, so one that hangs or fails does not hide
 # the others; a limit of 0 skips the step.
 #
@@ -41,6 +42,11 @@ step() {  # step NAME SECONDS COMMAND...: run with a limit, log to OUT/NAME.log,
 } | tee "$out/summary.txt"
 step cuda_tests "${TESTS_LIMIT:-200}" "$PY" -m pytest -q -rfE --tb=short -p no:cacheprovider \
     --junitxml="$out/cuda_tests.xml" tests/harness/test_cuda.py tests/harness/test_trainer.py -k cuda
+# sinkhorn's Triton balancing kernels compiled for the GPU: the interpreter tests' file on CUDA tensors (values and
+# gradients against the operator reference), then bf16 against fp32 and a timing against the operators
+step triton_kernels "${TRITON_LIMIT:-180}" "$PY" -m pytest -q -rfE --tb=short -p no:cacheprovider \
+    --junitxml="$out/triton_kernels.xml" tests/attentions/test_triton_balancing.py
+step triton_balancing "${TRITON_LIMIT:-180}" "$PY" scripts/triton_balancing_check.py
 scratch=$(mktemp -d)
 step bench_attention "${BENCH_LIMIT:-120}" "$PY" -m harness.cli bench --device cuda --results "$scratch" \
     --lengths ${LENGTHS:-1024 4096 16384} --repeats 5
