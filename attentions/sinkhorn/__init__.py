@@ -5,8 +5,10 @@ their operator references and the kernels that run them, side by side, so that w
 | --- | --- | --- |
 | ``plugins`` | the three registered plugins | any device |
 | ``sortnet`` | per-head sorting network (Table 8), Gumbel noise | any device |
-| ``balancing`` | ``log_sinkhorn`` and its operator reference | CPU: C++ kernel; CUDA: ``triton_balancing`` |
+| ``balancing`` | ``log_sinkhorn``: picks one of the three below | any device |
+| ``cpu`` | ``log_sinkhorn`` in the C++ kernel (``csrc/log_sinkhorn.cpp``) | CPU |
 | ``triton_balancing`` | ``log_sinkhorn`` as two Triton kernels (n <= 128) | CUDA; the CPU tests interpret it |
+| ``reference`` | ``log_sinkhorn`` in torch operators: the oracle, and the fallback | any device |
 | ``block_attention`` | sort-and-attend step, hand-written backward | CPU: C++ kernel; elsewhere: batched products |
 | ``flex`` | sort-and-attend step as one FlexAttention call | CUDA, unpadded inputs |
 | ``sort_stats`` | how far a learned sort is from trivial | any device |
