@@ -6,8 +6,8 @@ It is built once per content of ``csrc/`` (about 30 s on 2 cores, cached under `
 ``TORCH_EXTENSIONS_DIR`` in a folder named by the sources' hash, see ``_kernel_build``): every checkout with the same
 sources shares it, a killed builder blocks no one, and a process that waits too long for another's build falls back.
 Where it cannot be built or loaded (no compiler, a torch without the BLAS symbols it calls) or in time, ``kernel()``
-returns None after one warning; ``_block_attention`` then keeps its batched-product path,
-``_sinkhorn_ops`` its autograd operators and ``sbm`` its drawing in torch operators, which give the same results.
+returns None after one warning; ``sinkhorn.block_attention`` then keeps its batched-product path,
+``sinkhorn.balancing`` its autograd operators and ``sbm`` its drawing in torch operators, which give the same results.
 ``ATTNBENCH_FUSED_CPU=0`` switches the kernels off.
 """
 

@@ -26,7 +26,7 @@ import math
 import torch
 from torch.autograd.function import once_differentiable
 
-from attentions._sinkhorn_ops import prefix_logsumexp
+from attentions.sinkhorn.reference import prefix_logsumexp
 
 DEFAULT_TILE = 128  # query rows per tile: working memory is tile x L per (batch, head)
 

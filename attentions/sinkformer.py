@@ -28,8 +28,8 @@ import torch
 from attentions._blocks import key_valid
 from attentions._registry import require_int
 from attentions._sinkformer_chunked import chunked_sinkformer
-from attentions._sinkhorn_ops import log_sinkhorn
 from attentions.base import Attention, register_attention
+from attentions.sinkhorn.balancing import log_sinkhorn
 
 # On the CPU the dense path (compiled balancing kernel) is faster at short lengths; from this length on the chunked
 # path is used there too (see docs/sinkformer-memory.md for the measurement). Off the CPU the chunked path always runs.

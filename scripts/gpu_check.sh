@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The GPU checks in one go, on a machine whose python3 already has a CUDA build of torch (the project's .venv pins
 # the CPU build, so this does not use it): the CUDA tests (every plugin in fp32 and bf16, causality on the GPU, a
-# DeepSpeed trial in bf16 over nccl that checkpoints and resumes), then the attention benchmark on cuda/bf16 (batch 1
-# and 8, 1K to 64K: forward and forward+backward apart, GPU idle share, roofline share), the model-level table at
-# batch 8, eager, compiled and with CUDA graphs (train.compile: reduce-overhead), and the batched-path comparisons.
+# DeepSpeed trial in bf16 over nccl that checkpoints and resumes), sinkhorn's Triton balancing kernels (their tests on
+# CUDA, bf16 against fp32, a timing against the operators), then the attention benchmark on cuda/bf16 (batch 1 and 8,
+# 1K to 64K: forward and forward+backward apart, GPU idle share, roofline share), the model-level table at batch 8,
+# eager, compiled and with CUDA graphs (train.compile: reduce-overhead), and the batched-path comparisons.
 # Each step has its own time limit and log, so one that hangs or fails does not hide the others; a limit of 0 skips
 # the step. All steps together stay within TOTAL_LIMIT seconds (default 540): a step gets at most what is left, and
 # one with under 20 seconds left is skipped (and counted as failed in the summary).
@@ -51,6 +52,11 @@ step() {  # step NAME SECONDS COMMAND...: run with a limit, log to OUT/NAME.log,
 } | tee "$out/summary.txt"
 step cuda_tests "${TESTS_LIMIT:-150}" "$PY" -m pytest -q -rfE --tb=short -p no:cacheprovider \
     --junitxml="$out/cuda_tests.xml" tests/harness/test_cuda.py tests/harness/test_trainer.py -k cuda
+# sinkhorn's Triton balancing kernels compiled for the GPU: the interpreter tests' file on CUDA tensors (values and
+# gradients against the operator reference), then bf16 against fp32 and a timing against the operators
+step triton_kernels "${TRITON_LIMIT:-60}" "$PY" -m pytest -q -rfE --tb=short -p no:cacheprovider \
+    --junitxml="$out/triton_kernels.xml" tests/attentions/test_triton_balancing.py
+step triton_balancing "${TRITON_LIMIT:-60}" "$PY" scripts/triton_balancing_check.py
 scratch=$(mktemp -d)
 # Each attention alone: CUDA-event times of the forward and the forward+backward (warm-up, L2 flushed before every
 # repeat), the GPU's idle share (profiler) and the share of the card's bf16 roofline; a case that runs out of memory

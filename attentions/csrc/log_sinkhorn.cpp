@@ -5,7 +5,7 @@
 // the exp of masked entries (the dtype's most negative value) takes torch's slow path: 2.9 ms per layer for what is a
 // few hundred thousand exps. Here one task balances one matrix with ATen's vectorized exp and log, and masked entries
 // are -inf while it works (exp(-inf) is 0 on the fast path); they come back as the dtype's most negative value, as
-// ``_sinkhorn_ops.reference_log_sinkhorn`` writes them.
+// ``sinkhorn/reference.py``'s ``reference_log_sinkhorn`` writes them.
 //
 // Steps alternate, rows first: a row step subtracts each row's logsumexp; a column step each column's; a prefix step
 // (causal) each entry's logsumexp over its column's rows up to and including it, computed in one pass down the rows

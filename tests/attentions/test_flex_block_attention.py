@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch.nn.attention.flex_attention import create_block_mask
 
 import attentions
-from attentions import _flex_block_attention as flex
-from attentions._block_attention import reference
 from attentions._blocks import causal_block_mask
+from attentions.sinkhorn import flex
+from attentions.sinkhorn.block_attention import reference
 
 B, H, N, BLOCK, D = 2, 2, 5, 8, 16
 
@@ -80,3 +81,53 @@ def test_padded_inputs_keep_the_batched_path(monkeypatch):
     mask[0, -5:] = False
     q = torch.randn(B, H, N * BLOCK, D)
     attn(q, q, q, padding_mask=mask)
+
+
+def test_block_masks_are_built_once_per_shape_and_reused(monkeypatch):
+    """The block mask depends on (length, block, causal, device) only: built on the first forward, then looked up."""
+    built = []
+
+    def counting(*args, **kwargs):
+        built.append(kwargs["Q_LEN"])
+        return create_block_mask(*args, **kwargs)
+
+    monkeypatch.setattr(flex, "create_block_mask", counting)
+    monkeypatch.setattr(flex, "_BLOCK_MASKS", {})
+    monkeypatch.setattr(flex, "enabled", lambda x: True)
+    attn = attentions.build("sinkhorn", heads=H, head_dim=D, max_len=N * BLOCK, causal=True, block_size=BLOCK).eval()
+    q, k, v = (t.reshape(B, H, N * BLOCK, D) for t in blocks(4))
+    with torch.no_grad():
+        first = attn(q, k, v)
+        second = attn(q, k, v)
+    assert built == [N * BLOCK] and torch.equal(first, second)
+    mask = flex.block_mask(N * BLOCK, BLOCK, True, "cpu")
+    assert flex.block_mask(N * BLOCK, BLOCK, True, "cpu") is mask and built == [N * BLOCK]
+    assert flex.block_mask(N * BLOCK, BLOCK, False, "cpu") is not mask and len(built) == 2
+
+
+def test_a_compiled_step_reads_a_built_mask_without_leaving_the_graph(monkeypatch):
+    """Under torch.compile the mask is built eagerly on the first call for a shape; once built, the lookup is traced
+    (no graph break), so a compiled or CUDA-graph step never rebuilds it."""
+    built = []
+
+    def counting(*args, **kwargs):
+        built.append(kwargs["Q_LEN"])
+        return create_block_mask(*args, **kwargs)
+
+    monkeypatch.setattr(flex, "create_block_mask", counting)
+    monkeypatch.setattr(flex, "_BLOCK_MASKS", {})
+
+    def step(x):
+        return x * flex.block_mask(64, 8, True, "cpu").kv_num_blocks.sum()
+
+    x = torch.ones(3)
+    expected = step(x)
+    assert built == [64]
+    for _ in range(2):
+        torch._dynamo.reset()
+        explained = torch._dynamo.explain(step)(x)
+        assert explained.graph_break_count == 0 and explained.graph_count == 1
+    torch._dynamo.reset()
+    torch.testing.assert_close(torch.compile(step, backend="eager")(x), expected)
+    assert built == [64]
+    torch._dynamo.reset()

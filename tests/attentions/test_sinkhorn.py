@@ -14,10 +14,10 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import attentions
 from attentions import _fused_cpu
-from attentions._block_attention import reference, sinkhorn_block_attention
-from attentions._sinkhorn_ops import log_sinkhorn
-from attentions._sortnet import SortNet
-from attentions.sinkhorn import sort_blocks
+from attentions.sinkhorn.balancing import log_sinkhorn
+from attentions.sinkhorn.block_attention import reference, sinkhorn_block_attention
+from attentions.sinkhorn.plugins import sort_blocks
+from attentions.sinkhorn.sortnet import SortNet
 from harness.model import ModelConfig, Transformer
 
 HEADS, DIM, MAX_LEN, BLOCK = 2, 8, 96, 8

@@ -7,7 +7,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from attentions import _fused_cpu
 from attentions._blocks import kernel_mask
-from attentions._sinkhorn_ops import log_sinkhorn, prefix_logsumexp, reference_log_sinkhorn
+from attentions.sinkhorn.balancing import log_sinkhorn, prefix_logsumexp, reference_log_sinkhorn
 
 
 def masked_lower(n: int) -> torch.Tensor:

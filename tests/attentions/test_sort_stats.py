@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from attentions._sort_stats import sort_statistics
+from attentions.sinkhorn.sort_stats import sort_statistics
 
 
 def batch(matrix: torch.Tensor) -> torch.Tensor:

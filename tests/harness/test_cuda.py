@@ -176,7 +176,7 @@ def test_compiled_trial_trains_on_cuda_in_bf16_over_nccl():
 def test_flex_path_matches_the_batched_path_on_cuda(causal, length, block, monkeypatch):
     """sinkhorn's GPU path (one FlexAttention call) against its batched path: outputs and every gradient (q, k, v
     and the sort net's) in fp32 in training mode (same Gumbel noise), and within bf16 rounding in bf16."""
-    from attentions import _flex_block_attention as flex
+    from attentions.sinkhorn import flex
 
     def run(use_flex: bool, dtype: torch.dtype):
         monkeypatch.setattr(flex, "enabled", lambda x: use_flex)

@@ -110,9 +110,9 @@ COUNTED = ["vanilla", "local", "sparse", "sinkhorn", "sortcut", "sinkhorn_mixtur
 def test_analytic_flops_equal_torch_flop_counter(name, length, block, monkeypatch):
     """On the plain-torch paths (SDPA's math backend, the Sinkhorn block attention's autograd reference; the CPU
     kernels and fused SDPA are invisible to the counter), forward and forward+backward FLOPs match exactly."""
-    from attentions import _block_attention, sinkhorn
+    from attentions.sinkhorn import block_attention, plugins
 
-    monkeypatch.setattr(sinkhorn, "sinkhorn_block_attention", _block_attention.reference)
+    monkeypatch.setattr(plugins, "sinkhorn_block_attention", block_attention.reference)
     monkeypatch.setenv("ATTNBENCH_FUSED_CPU", "0")  # the balancing's torch operators, not the C++ kernel
     batch, heads, dim = 2, 2, 16
     torch.manual_seed(0)

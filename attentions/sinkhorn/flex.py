@@ -1,15 +1,15 @@
 """Sinkhorn block attention as one FlexAttention call: the GPU path of ``sinkhorn``'s sort-and-attend step.
 
-On a GPU the batched path (``_block_attention``) is a few dozen small kernels per layer, so below about 16K tokens it
+On a GPU the batched path (``block_attention``) is a few dozen small kernels per layer, so below about 16K tokens it
 measured kernel launches rather than arithmetic. FlexAttention expresses the step exactly and compiles it into one fused
 forward and one fused backward that never write the scores to memory: keys and values are ``[K; sorted K]`` (length
 2L), and a block mask lets query block i see key block i of the first half (j <= i inside it when causal) and sorted
 block i of the second. A sort-matrix row with no mass (block 0 under Causal Sinkhorn Balancing, which has no earlier
 block) reads nothing from the sorted half: a score modification sends those scores to -inf, as ``sorted_ok`` masks them
-in ``_block_attention``. Inputs with padding keep the batched path.
+in ``block_attention``. Inputs with padding keep the batched path.
 
 Used on CUDA unless ``ATTNBENCH_FLEX_CUDA=0``; on the CPU torch 2.13 has no FlexAttention backward, so the CPU keeps
-its fused kernel. The forward runs anywhere, which is how the CPU tests pin it against ``_block_attention.reference``.
+its fused kernel. The forward runs anywhere, which is how the CPU tests pin it against ``block_attention.reference``.
 """
 
 from __future__ import annotations
@@ -43,26 +43,39 @@ def _compiled_flex():
     return torch.compile(flex_attention, dynamic=False)
 
 
-@torch.compiler.disable  # built eagerly even inside a compiled model (a plain BlockMask goes into the graph)
+_BLOCK_MASKS: dict[tuple[int, int, bool, str], BlockMask] = {}
+
+
 def block_mask(length: int, block: int, causal: bool, device: str) -> BlockMask:
-    return _block_mask(length, block, causal, device)
+    """The block mask of (length, block, causal, device), built once and then only looked up.
+
+    Under ``torch.compile`` the lookup is traced (a hit is a graph input guarded on the cache): only the first call for
+    a key leaves the graph to build the mask, and the recompile that follows reads it, so a compiled or CUDA-graph step
+    never rebuilds it."""
+    key = (length, block, causal, device)
+    mask = _BLOCK_MASKS.get(key)
+    if mask is None:
+        mask = _build_block_mask(*key)
+    return mask
 
 
-@functools.cache
-def _block_mask(length: int, block: int, causal: bool, device: str) -> BlockMask:
+@torch.compiler.disable  # built eagerly, outside any captured region
+def _build_block_mask(length: int, block: int, causal: bool, device: str) -> BlockMask:
     """Query i sees key j < L in its own block (j <= i when causal) and key L + j in sorted block i; structural only,
-    so it is made once per (length, block, causal, device)."""
+    so it depends on nothing but the key."""
 
     def visible(b, h, q_idx, kv_idx):
         own = kv_idx < length
         same_block = torch.where(own, kv_idx, kv_idx - length) // block == q_idx // block
         return same_block & (~own | (kv_idx <= q_idx)) if causal else same_block
 
-    return create_block_mask(visible, B=None, H=None, Q_LEN=length, KV_LEN=2 * length, device=device)
+    mask = create_block_mask(visible, B=None, H=None, Q_LEN=length, KV_LEN=2 * length, device=device)
+    _BLOCK_MASKS[(length, block, causal, device)] = mask
+    return mask
 
 
 def flex_block_attention(q, kb, vb, sort, *, causal: bool) -> torch.Tensor:
-    """q, kb, vb: (B, H, n, b, D), sort: (B, H, n, n) -> (B, H, n, b, D); the result of ``_block_attention.reference``
+    """q, kb, vb: (B, H, n, b, D), sort: (B, H, n, n) -> (B, H, n, b, D); the result of ``block_attention.reference``
     with no padding (``sorted_ok`` = rows of ``sort`` with mass, ``local_ok`` = the causal triangle or None)."""
     batch, heads, n, block, dim = q.shape
     length = n * block

@@ -3,7 +3,7 @@
 The sequence is cut into blocks of ``block_size``. Each head sums the keys of every block (eq. 2; padded tokens are
 zeroed first so they never reach the sort net), its SortNet maps a pooled block i to one logit per block (R_i = P(X'_i),
 eq. 3), and Gumbel-Sinkhorn turns R into a relaxed permutation S = Sinkhorn((R + eps) / tau) with ``iterations`` rounds
-of row and column normalization in the log domain (``_sinkhorn_ops.log_sinkhorn``; eps only in training). Row i of S
+of row and column normalization in the log domain (``balancing.log_sinkhorn``; eps only in training). Row i of S
 mixes the key and value blocks (the same S for both, section 3.2) into sorted block i; the queries of block i attend, in
 one softmax, to sorted block i and to their own block (section 3.2). Keys are pooled rather than queries because the
 sort decides which keys a block reads; both are (B, H, L, D) here, so the choice costs nothing.
@@ -18,7 +18,7 @@ SortCut (section 3.4, encoder only): every query attends to the first ``budget``
 
 Cost per head: Sinkhorn O(L * block_size * D + (L / block_size)^2 * block_size * D) time (attention plus block mixing)
 and O(L * block_size) memory for scores, never an L x L tensor (the sort-and-attend step has a hand-written backward,
-``_block_attention``; on a GPU one FlexAttention call, ``_flex_block_attention``); SortCut O(L * budget * block_size);
+``block_attention``; on a GPU one FlexAttention call, ``flex``); SortCut O(L * budget * block_size);
 the mixture adds dense attention and is O(L^2) time like ``vanilla``.
 """
 
@@ -29,14 +29,14 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from attentions import _flex_block_attention
-from attentions._block_attention import sinkhorn_block_attention
 from attentions._blocks import causal_block_mask, key_valid, pad_length, to_blocks
 from attentions._registry import require_int
-from attentions._sinkhorn_ops import log_sinkhorn
-from attentions._sort_stats import sort_statistics
-from attentions._sortnet import SortNet, SortNetKind, gumbel_like
 from attentions.base import Attention, register_attention
+from attentions.sinkhorn import flex
+from attentions.sinkhorn.balancing import log_sinkhorn
+from attentions.sinkhorn.block_attention import sinkhorn_block_attention
+from attentions.sinkhorn.sort_stats import sort_statistics
+from attentions.sinkhorn.sortnet import SortNet, SortNetKind, gumbel_like
 from attentions.vanilla import VanillaAttention
 
 
@@ -44,7 +44,7 @@ def sort_blocks(sort: torch.Tensor, blocks: torch.Tensor) -> torch.Tensor:
     """Sorted block i = sum_j sort[i, j] * block j: (B, H, n', n) x (B, H, n, b, D) -> (B, H, n', b, D).
 
     A permutation matrix gives exactly the permuted blocks; nothing of size L x L is formed. (``sinkhorn`` itself sorts
-    inside ``_block_attention``, which fuses this product with its backward; SortCut keeps only n' rows and uses this.)
+    inside ``block_attention``, which fuses this product with its backward; SortCut keeps only n' rows and uses this.)
     """
     batch, heads, n, block, dim = blocks.shape
     mixed = torch.matmul(sort.to(blocks.dtype), blocks.reshape(batch, heads, n, block * dim))  # (B, H, n', b * D)
@@ -156,7 +156,7 @@ class SinkhornAttention(Attention):
         return sort
 
     def trial_metrics(self) -> dict[str, float]:
-        """``sort_entropy`` and ``sort_nontrivial`` of the last forward's sort matrix (attentions._sort_stats)."""
+        """``sort_entropy`` and ``sort_nontrivial`` of the last forward's sort matrix (``sort_stats``)."""
         last = getattr(self, "_last_sort", None)
         return {} if last is None else sort_statistics(last[0], self.causal, last[1])
 
@@ -166,8 +166,8 @@ class SinkhornAttention(Attention):
         qb, kb, vb, valid, padded = self._blocks(q, k, v, padding_mask)
         n, block = qb.shape[2], qb.shape[3]
         sort = self.sort_matrix(kb, valid, padded)
-        if not padded and _flex_block_attention.enabled(q):  # GPUs: one fused FlexAttention forward and backward
-            out = _flex_block_attention.flex_block_attention(qb, kb, vb, sort, causal=self.causal)
+        if not padded and flex.enabled(q):  # GPUs: one fused FlexAttention forward and backward
+            out = flex.flex_block_attention(qb, kb, vb, sort, causal=self.causal)
             return out.reshape(batch, heads, n * block, dim)
         sorted_ok = local_ok = None
         if padded or self.causal:
