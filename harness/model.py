@@ -38,6 +38,7 @@ class ModelConfig:
     mlp_dim: int = 128
     dropout: float = 0.0
     tie_kv: bool = False  # K = V (Table 8 row 5): one projection serves as both keys and values
+    towers: int = 1  # classify: 2 = two documents per example, encoded separately (see Transformer.pool)
 
 
 class AttentionLayer(nn.Module):
@@ -139,7 +140,11 @@ class Transformer(nn.Module):
         if cfg.kind == "classify":
             if cfg.num_classes < 2:
                 raise ValueError(f"model: a classify task needs num_classes >= 2, got {cfg.num_classes}")
-            self.classifier = nn.Linear(cfg.dim, cfg.num_classes)
+            if cfg.towers not in (1, 2):
+                raise ValueError(f"model: towers must be 1 or 2, got {cfg.towers}")
+            # Two towers: LRA's dual-encoder head reads [u, v, u * v, u - v] of the two pooled documents
+            # (lra_benchmarks/models/layers/common_layers.py, classifier_head_dual, interaction 'NLI').
+            self.classifier = nn.Linear(cfg.dim * (4 if cfg.towers == 2 else 1), cfg.num_classes)
         self.apply(self._init)
 
     @staticmethod
@@ -164,6 +169,12 @@ class Transformer(nn.Module):
             x = block(x, mask)
         return self.ln_enc(x)
 
+    def pool(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """(B, dim): the encoder's outputs averaged over the real tokens (one document; two towers call it twice)."""
+        hidden = self.encode(tokens, mask)
+        weights = mask.unsqueeze(-1).to(hidden.dtype)
+        return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1)
+
     def decode(self, tokens, mask, memory=None, memory_mask=None) -> torch.Tensor:
         """Causal stack; returns logits over the vocabulary (output embedding tied to the input embedding)."""
         x, mask, memory_mask = self._embed(tokens), padding_or_none(mask), padding_or_none(memory_mask)
@@ -178,10 +189,10 @@ class Transformer(nn.Module):
             tokens, mask = batch["tokens"], batch["mask"]
             return self.decode(tokens[:, :-1], mask[:, :-1]), tokens[:, 1:], mask[:, 1:]
         if kind == "classify":
-            mask = batch["mask"]
-            hidden = self.encode(batch["tokens"], mask)
-            weights = mask.unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1)
+            pooled = self.pool(batch["tokens"], batch["mask"])
+            if self.cfg.towers == 2:
+                other = self.pool(batch["pair_tokens"], batch["pair_mask"])
+                pooled = torch.cat([pooled, other, pooled * other, pooled - other], dim=-1)
             label = batch["label"]
             return self.classifier(pooled), label, torch.ones_like(label, dtype=torch.bool)
         memory = self.encode(batch["src"], batch["src_mask"])
