@@ -196,7 +196,9 @@ def read_release(folder: Path, max_length: int, task: str = "listops") -> dict[s
                     sequences.append(from_text(row["Source"] or "")[:max_length])
                     labels.append(int(row["Target"]))
                 except ValueError as exc:
-                    raise data_error(task, f"{path}:{line}", f"an LRA ListOps expression and a label 0-9 ({exc})")
+                    raise data_error(
+                        task, f"{path}:{line}", f"an LRA ListOps expression and a label 0-9 ({exc})"
+                    ) from None
         if not sequences:
             raise data_error(task, path, "at least one expression")
         out[split] = Labelled(sequences, labels)

@@ -1,8 +1,8 @@
 """Long Range Arena's document retrieval (Tay et al. 2021, "Retrieval"): does one paper cite the other?
 
 Two documents per example, each read as UTF-8 bytes (token = byte + 2) and truncated to 4,000 bytes
-(``lra_benchmarks/matching/configs/base_match_config.py``: ``max_length = 4000``, byte tokenizer). The model encodes each
-document separately with the same encoder (two towers; ``TaskSpec.towers = 2``) and classifies the pair from
+(``lra_benchmarks/matching/configs/base_match_config.py``: ``max_length = 4000``, byte tokenizer). The model encodes
+each document separately with the same encoder (two towers; ``TaskSpec.towers = 2``) and classifies the pair from
 [u, v, u * v, u - v] of the two pooled encodings, LRA's dual-encoder head. Binary, accuracy. LRA's model
 (``base_match_config.py``): 4 layers, 128 wide, 4 heads, MLP 512.
 
