@@ -217,7 +217,10 @@ class ImageGenerationTask(Task):
     def eval_splits(self, batch_size: int) -> dict[str, Iterator[Batch]]:
         if self._test is None:
             raise RuntimeError("task 'image_gen': call prepare() before eval_splits()")
-        return {
-            name: (self._batch(pixels[i : i + batch_size]) for i in range(0, len(pixels), batch_size))
-            for name, pixels in (("val", self._val), ("test", self._test))
-        }
+        return {name: self._batches(pixels, batch_size) for name, pixels in (("val", self._val), ("test", self._test))}
+
+    def _batches(self, pixels: np.ndarray, batch_size: int) -> Iterator[Batch]:
+        # A function, not a generator expression in the dict comprehension: that one would read the comprehension's
+        # last `pixels` (the test split) when iterated, so val would score test images.
+        for i in range(0, len(pixels), batch_size):
+            yield self._batch(pixels[i : i + batch_size])

@@ -122,7 +122,8 @@ class LRAImageTask(Task):
     def eval_splits(self, batch_size: int) -> dict[str, Iterator[Batch]]:
         if not self._splits:
             raise RuntimeError("task 'lra_image': call prepare() before eval_splits()")
-        return {
-            name: (self._batch(p[i : i + batch_size], y[i : i + batch_size]) for i in range(0, len(y), batch_size))
-            for name, (p, y) in ((n, self._splits[n]) for n in ("val", "test"))
-        }
+        return {name: self._batches(*self._splits[name], batch_size) for name in ("val", "test")}
+
+    def _batches(self, pixels: np.ndarray, labels: np.ndarray, batch_size: int) -> Iterator[Batch]:
+        for i in range(0, len(labels), batch_size):
+            yield self._batch(pixels[i : i + batch_size], labels[i : i + batch_size])

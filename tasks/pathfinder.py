@@ -339,10 +339,8 @@ class PathfinderTask(Task):
     def eval_splits(self, batch_size: int) -> dict[str, Iterator[Batch]]:
         if not self._splits:
             raise RuntimeError("task 'pathfinder': call prepare() before eval_splits()")
-        return {
-            name: (
-                self._batch(images[i : i + batch_size], labels[i : i + batch_size])
-                for i in range(0, len(labels), batch_size)
-            )
-            for name, (images, labels) in ((n, self._splits[n]) for n in ("val", "test"))
-        }
+        return {name: self._batches(*self._splits[name], batch_size) for name in ("val", "test")}
+
+    def _batches(self, images: np.ndarray, labels: np.ndarray, batch_size: int) -> Iterator[Batch]:
+        for i in range(0, len(labels), batch_size):
+            yield self._batch(images[i : i + batch_size], labels[i : i + batch_size])
