@@ -90,7 +90,7 @@ def accuracy_rows(frame: pd.DataFrame) -> list[dict]:
                         "label": f"{row['model']} (LRA)",
                         "ours": False,
                         "cells": [_text(row[c]) for c in columns],
-                        "avg": _text(row["avg"]),
+                        "avg": _text(row["avg"]) + ("*" if "avg_note" in row else ""),
                     }
                 )
     return out
@@ -120,7 +120,8 @@ def section(frame: pd.DataFrame) -> dict | None:
         "caption": (
             "Test accuracy in % per LRA task (mean over seeds), our rows first, LRA's published row for the same "
             f"attention after each (source: {data['source']}). Avg: over the five tasks other than Path-X. FAIL: "
-            "every trial of the cell failed (the reason follows), or, in LRA's rows, no model learned the task."
+            "every trial of the cell failed (the reason follows), or, in LRA's rows, no model learned the task. "
+            "*: the average as LRA prints it, which is not the mean of the five values beside it."
         ),
         "columns": [where["label"] for where in data["tasks"].values()],
         "rows": rows,
