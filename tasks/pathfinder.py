@@ -31,7 +31,8 @@ What makes an image solvable, exactly: a path's pixels are a chain of 8-neighbou
 next lit pixel; pixels of different paths (markers included) are always at least ``gap + 2`` apart. So linking lit
 pixels at distance <= ``gap + 1`` and flood filling from one marker reaches the other marker exactly when the label is
 1 (``tests/tasks/test_pathfinder.py`` checks this on the image alone). A distractor that finds no room after a few
-tries is left out (at 32 x 32 a hard image has room for fewer than LRA's five; the two long paths are always drawn).
+tries is left out (measured on 30 seeded images: a hard 32 x 32 image holds 2.4 of LRA's 5 on average, an easy one
+8.2 of 10, a hard 128 x 128 one 7 of 8; the two long paths are always drawn).
 Drawing is binary (0 background, 255 paths), without LRA's anti-aliasing and contrast jitter.
 
 Training batches are generated from (seed, step), half of each label; the val and test splits from the seed alone.
