@@ -10,7 +10,7 @@ from harness.running.grid import load_trials, shipped_grids
 from harness.running.trainer import run_trial
 
 TASKS = ["listops", "lra_text", "lra_retrieval", "lra_image", "pathfinder", "pathx"]
-# grid -> (layers, dim, heads, mlp_dim, steps, batch_size), read from lra_benchmarks/*/configs/ (see each grid's comment)
+# grid -> (layers, dim, heads, mlp_dim, steps, batch_size), from lra_benchmarks/*/configs/ (each grid cites its file)
 LRA = {
     "listops": (4, 512, 8, 1024, 5000, 32),
     "lra_text": (4, 256, 4, 1024, 20000, 32),
