@@ -38,6 +38,7 @@ class ModelConfig:
     mlp_dim: int = 128
     dropout: float = 0.0
     tie_kv: bool = False  # K = V (Table 8 row 5): one projection serves as both keys and values
+    towers: int = 1  # classify: 2 = two documents per example, encoded separately (see Transformer.pool)
 
 
 class AttentionLayer(nn.Module):
@@ -159,7 +160,11 @@ class Transformer(nn.Module):
         if cfg.kind == "classify":
             if cfg.num_classes < 2:
                 raise ValueError(f"model: a classify task needs num_classes >= 2, got {cfg.num_classes}")
-            self.classifier = nn.Linear(cfg.dim, cfg.num_classes)
+            if cfg.towers not in (1, 2):
+                raise ValueError(f"model: towers must be 1 or 2, got {cfg.towers}")
+            # Two towers: LRA's dual-encoder head reads [u, v, u * v, u - v] of the two pooled documents
+            # (lra_benchmarks/models/layers/common_layers.py, classifier_head_dual, interaction 'NLI').
+            self.classifier = nn.Linear(cfg.dim * (4 if cfg.towers == 2 else 1), cfg.num_classes)
         self.apply(self._init)
 
     @staticmethod
@@ -186,6 +191,15 @@ class Transformer(nn.Module):
         for block in self.encoder:
             x = block(x, padding)
         return self.ln_enc(x)
+
+    def pool(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """(B, dim): the encoder's outputs averaged over the real tokens (one document; two towers call it twice)."""
+        return self._pool(tokens, mask, padding_or_none(mask))
+
+    def _pool(self, tokens: torch.Tensor, mask: torch.Tensor, padding: torch.Tensor | None) -> torch.Tensor:
+        hidden = self._encode(tokens, padding)
+        weights = mask.unsqueeze(-1).to(hidden.dtype)
+        return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1)
 
     def decode(self, tokens, mask, memory=None, memory_mask=None) -> torch.Tensor:
         """Causal stack; returns logits over the vocabulary (output embedding tied to the input embedding)."""
@@ -219,10 +233,11 @@ class Transformer(nn.Module):
             logits = self._decode(tokens[:, :-1], padding("mask", mask[:, :-1]))
             return logits, tokens[:, 1:], mask[:, 1:], padding("mask", mask[:, 1:])
         if kind == "classify":
-            mask = batch["mask"]
-            hidden = self._encode(batch["tokens"], padding("mask", mask))
-            weights = mask.unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1)
+            pooled = self._pool(batch["tokens"], batch["mask"], padding("mask", batch["mask"]))
+            if self.cfg.towers == 2:
+                pair_mask = batch["pair_mask"]
+                other = self._pool(batch["pair_tokens"], pair_mask, padding("pair_mask", pair_mask))
+                pooled = torch.cat([pooled, other, pooled * other, pooled - other], dim=-1)
             label = batch["label"]
             return self.classifier(pooled), label, torch.ones_like(label, dtype=torch.bool), None
         src_padding = padding("src_mask", batch["src_mask"])

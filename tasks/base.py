@@ -37,7 +37,9 @@ class TaskSpec:
 
     kind: ``lm`` (next-token prediction over ``tokens``), ``classify`` (one label per sequence) or ``seq2seq``
     (``src`` -> ``tgt``, an encoder-decoder). ``max_len`` covers every sequence the model sees, evaluation included.
-    ``metrics`` are the headline metric names (``loss`` is always reported too).
+    ``metrics`` are the headline metric names (``loss`` is always reported too). ``towers`` = 2 (classify only): each
+    example is two documents, ``tokens``/``mask`` and ``pair_tokens``/``pair_mask``, encoded separately by the same
+    encoder and classified together (LRA's retrieval task).
     """
 
     kind: Literal["lm", "classify", "seq2seq"]
@@ -46,6 +48,7 @@ class TaskSpec:
     metrics: tuple[str, ...]
     num_classes: int = 0
     model: ModelSize = field(default_factory=ModelSize)
+    towers: int = 1
 
 
 class Task:

@@ -56,6 +56,10 @@ SCALES = {
 
 
 def _read_cifar_batch(path: Path, task: str) -> np.ndarray:
+    return _read_cifar_batch_labelled(path, task)[0]
+
+
+def _read_cifar_batch_labelled(path: Path, task: str) -> tuple[np.ndarray, np.ndarray]:
     if not path.is_file():
         raise data_error(task, path.parent, f"the CIFAR-10 python batch file {path.name}")
     try:
@@ -68,29 +72,47 @@ def _read_cifar_batch(path: Path, task: str) -> np.ndarray:
     if data.ndim != 2 or data.shape[1] != 3072 or len(labels) != len(data):
         raise data_error(task, path, f"b'data' of shape (N, 3072) with N labels, got {data.shape}")
     # channel-major (N, 3, 32, 32) -> raster order with interleaved channels (N, 32, 32, 3) -> (N, 3072)
-    return data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1).reshape(len(data), 3072)
+    pixels = data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1).reshape(len(data), 3072)
+    return pixels, np.asarray(labels, dtype=np.int64)
 
 
 def read_cifar10(path: str | Path, task: str = "image_gen") -> tuple[np.ndarray, np.ndarray]:
     """(train, test) uint8 arrays of shape (N, 3072), raster order with interleaved RGB."""
+    (train, _), (test, _) = read_cifar10_labelled(path, task)
+    return train, test
+
+
+def read_cifar10_labelled(
+    path: str | Path, task: str = "image_gen"
+) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """((train pixels, labels), (test pixels, labels)); pixels as ``read_cifar10`` returns them, labels 0..9."""
     folder = require_dir(task, path, "the CIFAR-10 python batches (data_batch_1..5, test_batch)")
     if (folder / "cifar-10-batches-py").is_dir():
         folder = folder / "cifar-10-batches-py"
-    train = np.concatenate([_read_cifar_batch(folder / name, task) for name in CIFAR_TRAIN])
-    return train, _read_cifar_batch(folder / CIFAR_TEST, task)
+    batches = [_read_cifar_batch_labelled(folder / name, task) for name in CIFAR_TRAIN]
+    train = (np.concatenate([b[0] for b in batches]), np.concatenate([b[1] for b in batches]))
+    return train, _read_cifar_batch_labelled(folder / CIFAR_TEST, task)
 
 
 def read_hub_images(task: str, hid: str) -> tuple[np.ndarray, np.ndarray, dict]:
     """(train, test, provenance) of ``hf:hid`` (memory-mapped Arrow; images decoded once into uint8 arrays)."""
+    (train, _), (test, _), provenance = read_hub_labelled_images(task, hid, labels=False)
+    return train, test, provenance
+
+
+def read_hub_labelled_images(task: str, hid: str, labels: bool = True) -> tuple[tuple, tuple, dict]:
+    """((train pixels, labels), (test pixels, labels), provenance) of ``hf:hid``; labels from the ``label`` column
+    (None when ``labels`` is False)."""
     loaded, provenance = _hub.load(task, hid)
     arrays = []
     for name in ("train", "test"):
         dataset = _hub.split(task, hid, loaded, name)
-        _hub.columns(task, hid, dataset, ["img"])
+        _hub.columns(task, hid, dataset, ["img", "label"] if labels else ["img"])
         pixels = np.stack([np.asarray(image.convert("RGB"), dtype=np.uint8) for image in dataset["img"]])
         if pixels.shape[1:] != (32, 32, 3):
             raise _hub.HubError(f"task {task!r}: data 'hf:{hid}': unreadable; images of 32x32 RGB expected")
-        arrays.append(pixels.reshape(len(pixels), 3072))  # (N, 32, 32, 3) is raster order, channels interleaved
+        classes = np.asarray(dataset["label"], dtype=np.int64) if labels else None
+        arrays.append((pixels.reshape(len(pixels), 3072), classes))  # (N, 32, 32, 3): raster, channels interleaved
     return arrays[0], arrays[1], provenance
 
 
@@ -195,7 +217,10 @@ class ImageGenerationTask(Task):
     def eval_splits(self, batch_size: int) -> dict[str, Iterator[Batch]]:
         if self._test is None:
             raise RuntimeError("task 'image_gen': call prepare() before eval_splits()")
-        return {
-            name: (self._batch(pixels[i : i + batch_size]) for i in range(0, len(pixels), batch_size))
-            for name, pixels in (("val", self._val), ("test", self._test))
-        }
+        return {name: self._batches(pixels, batch_size) for name, pixels in (("val", self._val), ("test", self._test))}
+
+    def _batches(self, pixels: np.ndarray, batch_size: int) -> Iterator[Batch]:
+        # A function, not a generator expression in the dict comprehension: that one would read the comprehension's
+        # last `pixels` (the test split) when iterated, so val would score test images.
+        for i in range(0, len(pixels), batch_size):
+            yield self._batch(pixels[i : i + batch_size])

@@ -16,7 +16,7 @@ from typing import Any
 import pandas as pd
 from jinja2 import Environment, PackageLoader, select_autoescape
 
-from harness.reporting import figures
+from harness.reporting import figures, lra
 from harness.reporting.curves import curves_figure
 from harness.reporting.efficiency import MODEL_TASK, attention_table, model_table
 from harness.reporting.labels import LM_TASKS, SPEED_TASK, context_captions, last_line, trial_info
@@ -136,6 +136,9 @@ def build_sections(
     curves = learning_curves(frame, everything)
     if curves is not None:
         out.append(curves)
+    long_range = lra.section(frame)
+    if long_range is not None:
+        out.append(long_range)
     for task in sorted(set(everything["task"]) - covered):
         own = Section(
             id=f"task-{task}",

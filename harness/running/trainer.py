@@ -184,6 +184,7 @@ def run_trial(
         vocab_size=spec.vocab_size,
         max_len=spec.max_len,
         num_classes=spec.num_classes,
+        towers=spec.towers,
         attention=config["attention"],
         attention_params=config["params"],
         **config["model"],

@@ -24,6 +24,10 @@ FAMILIES = {  # name -> task parameters of its smoke trial
     "classify": {"level": "char"},
     "nli": {},
     "listops": {},
+    "lra_text": {},
+    "lra_image": {},
+    "lra_retrieval": {},
+    "pathfinder": {},
 }
 
 
@@ -42,6 +46,8 @@ def test_train_batches_are_a_pure_function_of_seed_and_step(name):
     assert not torch.equal(first["tokens"], other.train_batch(8, step=5)["tokens"])
     spec = a.spec
     expected = {"lm": {"tokens", "mask"}, "classify": {"tokens", "mask", "label"}}[spec.kind]
+    if spec.towers == 2:
+        expected = expected | {"pair_tokens", "pair_mask"}
     assert set(first) == expected and first["tokens"].dtype == torch.long and first["mask"].dtype == torch.bool
     model_len = first["tokens"].shape[1] - (1 if spec.kind == "lm" else 0)  # lm: the model reads tokens[:, :-1]
     assert model_len <= spec.max_len and int(first["tokens"].max()) < spec.vocab_size
