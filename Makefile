@@ -10,17 +10,28 @@ export PYTHONUNBUFFERED := 1
 CORPORA ?= $(or $(ATTNBENCH_CORPORA),$(HOME)/.cache/attnbench/corpora)
 CORPUS_SHA256 := f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacff393be
 
-.PHONY: install kernel corpus browser demo test docs bench bench-check bench-baseline lint clean replicate
+.PHONY: install lock kernel corpus browser demo test docs bench bench-check bench-baseline lint clean replicate
 
-$(VENV)/.installed: pyproject.toml
+# Every package at the version requirements.lock names (pip constraints; pyproject.toml keeps the ranges), so a
+# release tomorrow cannot break the two commands above. `make lock` refreshes the lock.
+LOCK := requirements.lock
+
+$(VENV)/.installed: pyproject.toml $(LOCK)
 	python3 -m venv $(VENV)
 	$(PIP) install --upgrade pip
 	# torch first and pinned: 2.13.0 is the CPU build on these machines; an unpinned torch pulls CUDA wheels.
 	$(PIP) install torch==2.13.0
-	$(PIP) install -e '.[dev,docs]'
+	$(PIP) install -c $(LOCK) -e '.[dev,docs,track]'
 	touch $@
 
 install: $(VENV)/.installed corpus kernel
+
+# Resolve pyproject.toml's ranges (every extra) to exact versions, torch held at the pinned CPU build.
+lock:
+	python3 -m venv /tmp/attnbench-lock-venv
+	/tmp/attnbench-lock-venv/bin/pip install -q pip-tools
+	/tmp/attnbench-lock-venv/bin/pip-compile --quiet --all-extras --strip-extras --allow-unsafe --no-emit-index-url \
+		--no-emit-find-links --upgrade -P 'torch==2.13.0' -o $(LOCK) pyproject.toml
 
 # The CPU kernels (sinkhorn's fused block attention and log-domain balancing, sbm's graph draw), compiled once per
 # content of attentions/csrc (about 50 s; cached under $TORCH_EXTENSIONS_DIR or ~/.cache/torch_extensions in a folder
