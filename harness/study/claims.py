@@ -154,15 +154,20 @@ def _where(data: dict[str, Any], loc: tuple[Any, ...]) -> str:
     return ".".join(str(p) for p in loc) or "(top level)"
 
 
+def _read_yaml(path: Path, what: str) -> Any:
+    """The parsed YAML of ``path``; a missing file or a syntax error is one ClaimsError naming the file."""
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ClaimsError(f"{path}: cannot read {what} ({exc.strerror})") from None
+    except yaml.YAMLError as exc:
+        raise ClaimsError(f"{path}: not valid YAML: {exc}") from None
+
+
 def load_claims(path: str | Path = CLAIMS_FILE) -> ClaimsFile:
     """Read and validate a claims file; every arm a claim names must exist and every protocol must be a grid."""
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ClaimsError(f"{path}: cannot read the claims file ({exc.strerror})") from None
-    except yaml.YAMLError as exc:
-        raise ClaimsError(f"{path}: not valid YAML: {exc}") from None
+    data = _read_yaml(path, "the claims file")
     if not isinstance(data, dict):
         raise ClaimsError(f"{path}: expected a mapping with `arms` and `claims`")
     try:
@@ -191,12 +196,7 @@ def load_claims(path: str | Path = CLAIMS_FILE) -> ClaimsFile:
 def load_expected(path: str | Path = EXPECTED_FILE) -> dict[str, str]:
     """A committed expectation: claim id -> verdict."""
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ClaimsError(f"{path}: cannot read the expected verdicts ({exc.strerror})") from None
-    except yaml.YAMLError as exc:
-        raise ClaimsError(f"{path}: not valid YAML: {exc}") from None
+    data = _read_yaml(path, "the expected verdicts")
     if not isinstance(data, dict) or not all(isinstance(v, str) for v in data.values()):
         raise ClaimsError(f"{path}: expected a mapping of claim id to verdict")
     return {str(k): v for k, v in data.items()}
