@@ -196,7 +196,22 @@ def _read_yaml(path: Path, chain: tuple[Path, ...] = ()) -> dict[str, Any]:
         return data
     if not isinstance(include, str):
         raise GridError(f"{path}: include: must be a file path, got {include!r}")
-    return deep_merge(_read_yaml(path.parent / include, chain + (path.resolve(),)), data)
+    base = _read_yaml(path.parent / include, chain + (path.resolve(),))
+    merged = deep_merge(base, data)
+    return _drop_nulled_attentions(merged, base, data)
+
+
+def _drop_nulled_attentions(merged: dict, base: dict, override: dict) -> dict:
+    """``attentions: {sparse: null}`` in an including grid removes the included grid's ``sparse`` row: merging key by key
+    could otherwise only add rows, never run a subset of them."""
+    nulled = override.get("attentions")
+    inherited = base.get("attentions")
+    if not (isinstance(nulled, dict) and isinstance(inherited, dict)):
+        return merged
+    drop = {name for name, params in nulled.items() if params is None and name in inherited}
+    if drop:
+        merged["attentions"] = {name: params for name, params in merged["attentions"].items() if name not in drop}
+    return merged
 
 
 def _where(loc: tuple) -> str:

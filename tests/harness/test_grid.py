@@ -78,6 +78,19 @@ def test_include_overrides_key_by_key(tmp_path):
     assert len(expand(grid)) == 5
 
 
+def test_include_drops_an_attention_set_to_null_and_keeps_the_trial_ids(tmp_path):
+    write(tmp_path, BASE, "base.yaml")
+    child = write(tmp_path, "include: base.yaml\nattentions: {local: null, sparse: {stride: 2}}\n", "child.yaml")
+    kept = {t.trial_id for t in load_trials(child)[1]}
+    assert {t.attention for t in load_trials(child)[1]} == {"vanilla", "sparse"}
+    full = {t.trial_id for t in load_trials(tmp_path / "base.yaml")[1]}
+    assert kept < full  # a subset of the included grid's cells, under the same ids
+    # null on a name the included grid lacks is an error that names it, not a silent no-op
+    stray = write(tmp_path, "include: base.yaml\nattentions: {sinkhorn: null}\n", "stray.yaml")
+    with pytest.raises(GridError, match="attentions.sinkhorn"):
+        load(stray)
+
+
 def test_shipped_smoke_grid_runs_the_sinkhorn_family_beside_the_baselines():
     grid, trials = load_trials("smoke")
     assert grid.scale == "smoke"
