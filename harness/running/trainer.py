@@ -23,11 +23,8 @@ from harness.memory import measure_peak
 from harness.model import ModelConfig, Transformer, compile_in_place, compile_mode, dense_masks
 from harness.running.checkpoints import TrialCheckpoints, rng_state, set_rng_state
 from harness.running.grid import deep_merge
+from harness.running.pending_losses import PendingLosses
 from harness.running.metrics import evaluate, headline, improves
-
-
-class NonFiniteLoss(RuntimeError):
-    """Training produced a NaN or infinite loss."""
 
 
 @dataclass
@@ -217,8 +214,8 @@ def run_trial(
         store.drop_best_except(state.best_tag)
     resumed_from_step = state.step
 
-    def step(index: int) -> tuple[float, int]:
-        """One optimizer step; returns the loss and the real tokens of the global batch."""
+    def step(index: int) -> tuple[torch.Tensor, int]:
+        """One optimizer step; returns the loss (on the device, unread) and the real tokens of the global batch."""
         # Each rank takes its own slice of the global batch, so any world size sees the same global batch.
         batch = task.train_batch(train["batch_size"], index)
         tokens = sum(int(v.sum()) for k, v in batch.items() if k.endswith("mask"))
@@ -227,14 +224,19 @@ def run_trial(
         loss = engine({k: v.to(device) for k, v in batch.items()}, dense=dense)
         engine.backward(loss)
         engine.step()
-        value = loss.item()
-        if not math.isfinite(value):
-            raise NonFiniteLoss(f"non-finite training loss {value} at step {index}")
-        return value, tokens
+        return loss, tokens
+
+    pending = PendingLosses()
+
+    def read_losses() -> None:
+        """Fold the parked losses into the smoothed loss (the one host sync of the training loop)."""
+        for value in pending.drain():
+            state.smooth(value)
 
     def tell(final: bool = False) -> None:
         if progress is None or rank != 0:
             return
+        read_losses()
         elapsed = time.perf_counter() - attempt_started
         progress(
             {
@@ -261,8 +263,11 @@ def run_trial(
             state.timed_tokens += tokens
         state.train_seconds += time.perf_counter() - tick
         state.step = index + 1
-        state.smooth(loss)
+        pending.add(index, loss)
+        if pending.due():
+            read_losses()
         if eval_every and state.step % eval_every == 0:
+            read_losses()
             scored = evaluate(engine.module, task, train["eval_batch_size"], device, splits=("val",))
             state.curve.append(("train", "loss", state.smoothed_loss, state.step))
             state.curve.extend((split, name, value, state.step) for split, name, value in scored)
@@ -275,10 +280,12 @@ def run_trial(
             tell()
             last_told = time.perf_counter()
         if checkpoint_every and state.step % checkpoint_every == 0 and state.step < steps:
+            read_losses()  # a checkpoint never holds a state past a non-finite loss
             store.save(engine, state.step, {"training_state": asdict(state), "rng": rng_state()})
         if time.perf_counter() - last_told > PROGRESS_SECONDS:
             tell()
             last_told = time.perf_counter()
+    read_losses()
     trained = plugin_metrics(engine.module)  # plugin statistics of the last training step ...
 
     selected_step = steps

@@ -10,6 +10,7 @@ import torch
 import tasks
 from harness.memory import measure_peak
 from harness.running.grid import Trial
+from harness.running.pending_losses import FLUSH_STEPS, NonFiniteLoss, PendingLosses
 from harness.running.trainer import deepspeed_config, run_trial
 
 
@@ -62,6 +63,36 @@ def test_grid_deepspeed_section_wins():
 def test_non_finite_loss_fails_the_trial():
     with pytest.raises(RuntimeError, match="non-finite"):
         run_trial(trial("vanilla", {}, steps=5, lr=1e30, grad_clip=0.0))
+
+
+def test_losses_are_read_back_in_batches_not_once_a_step(monkeypatch):
+    """The loop reads the device's losses once per FLUSH_STEPS steps (or evaluation), not after every step, and the
+    smoothed loss is the one every step's value gives."""
+    drained: list[int] = []
+    original = PendingLosses.drain
+
+    def counting(self):
+        values = original(self)
+        drained.append(len(values))
+        return values
+
+    monkeypatch.setattr(PendingLosses, "drain", counting)
+    steps = 2 * FLUSH_STEPS + 5
+    result = run_trial(trial("vanilla", {}, steps=steps))
+    assert sum(drained) == steps  # every step's loss is read exactly once ...
+    assert len([n for n in drained if n]) <= 3  # ... in three reads: two full buffers and the tail
+    assert max(drained) == FLUSH_STEPS
+
+
+def test_pending_losses_name_the_first_non_finite_step():
+    pending = PendingLosses()
+    for step, value in enumerate([1.0, 2.0, float("nan"), float("inf")]):
+        pending.add(step, torch.tensor(value))
+    with pytest.raises(NonFiniteLoss, match="nan at step 2"):
+        pending.drain()
+    for step, value in enumerate([3.0, 1.5]):
+        pending.add(10 + step, torch.tensor([value]))
+    assert pending.drain() == [3.0, 1.5] and pending.drain() == []
 
 
 def test_peak_memory_sees_a_planted_square_allocation():
