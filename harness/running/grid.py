@@ -202,8 +202,8 @@ def _read_yaml(path: Path, chain: tuple[Path, ...] = ()) -> dict[str, Any]:
 
 
 def _drop_nulled_attentions(merged: dict, base: dict, override: dict) -> dict:
-    """``attentions: {sparse: null}`` in an including grid removes the included grid's ``sparse`` row: merging key by key
-    could otherwise only add rows, never run a subset of them."""
+    """``attentions: {sparse: null}`` in an including grid removes the included grid's ``sparse`` row: merging key by
+    key could otherwise only add rows, never run a subset of them."""
     nulled = override.get("attentions")
     inherited = base.get("attentions")
     if not (isinstance(nulled, dict) and isinstance(inherited, dict)):

@@ -44,7 +44,7 @@ class PendingLosses:
             return []
         values = torch.stack(self._losses).tolist()
         steps, self._steps, self._losses = self._steps, [], []
-        for step, value in zip(steps, values):
+        for step, value in zip(steps, values, strict=True):
             if not math.isfinite(value):
                 raise NonFiniteLoss(f"non-finite training loss {value} at step {step}")
         return values

@@ -23,8 +23,8 @@ from harness.memory import measure_peak
 from harness.model import ModelConfig, Transformer, compile_in_place, compile_mode, dense_masks
 from harness.running.checkpoints import TrialCheckpoints, rng_state, set_rng_state
 from harness.running.grid import deep_merge
-from harness.running.pending_losses import PendingLosses
 from harness.running.metrics import evaluate, headline, improves
+from harness.running.pending_losses import PendingLosses
 
 
 @dataclass

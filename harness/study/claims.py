@@ -48,6 +48,7 @@ class Claim(_Strict):
       better    ``a`` beats ``b`` (by at least ``margin``, in the units shown: percent for accuracy and exact match);
       worst     ``a`` is behind every arm of ``of``;  best: ``a`` is ahead of every arm of ``of``;
       within    ``a`` is within ``delta`` of ``b`` either way;
+      above     ``a`` is ahead of the fixed ``value`` (chance, for instance) by at least ``margin``;
       monotone  the metric ``improves`` (or ``worsens``) from each arm of ``along`` to the next.
     """
 
@@ -59,7 +60,7 @@ class Claim(_Strict):
     metric: Literal[METRICS]  # type: ignore[valid-type]
     split: str = "test"
     step: int | None = Field(None, description="read the periodic row of this step (split val) instead of the final")
-    compare: Literal["better", "worst", "best", "within", "monotone"]
+    compare: Literal["better", "worst", "best", "within", "monotone", "above"]
     a: str | None = None
     b: str | None = None
     of: list[str] = []
@@ -67,6 +68,7 @@ class Claim(_Strict):
     direction: Literal["improves", "worsens"] = "improves"
     margin: float = Field(0.0, ge=0)
     delta: float | None = Field(None, gt=0)
+    value: float | None = Field(None, description="above: the fixed value in the units shown (chance: 50 of 2 classes)")
     note: str = ""
 
     @model_validator(mode="after")
@@ -77,6 +79,7 @@ class Claim(_Strict):
             "worst": ("a", "of"),
             "best": ("a", "of"),
             "monotone": ("along",),
+            "above": ("a", "value"),
         }[self.compare]
         for field in needs:
             if getattr(self, field) in (None, []):
@@ -91,6 +94,8 @@ class Claim(_Strict):
             return list(self.along)
         if self.compare in ("worst", "best"):
             return [self.a, *self.of]  # type: ignore[list-item]
+        if self.compare == "above":
+            return [self.a]  # type: ignore[list-item]
         return [self.a, self.b]  # type: ignore[list-item]
 
 

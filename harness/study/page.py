@@ -35,7 +35,8 @@ RULE = (
     "the claim's margin, if it names one), *does not hold* when they are apart the other way (or cannot reach the "
     "margin), and is *inconclusive* when they overlap. *Worst*, *best* and trend claims apply that rule to every pair "
     "they name: all hold, it holds; any does not, it does not; otherwise inconclusive. A *within* claim holds when "
-    "every point of one interval lies within the stated distance of every point of the other. A protocol with no "
+    "every point of one interval lies within the stated distance of every point of the other. An *above* claim (a "
+    "model learns the task: ahead of chance) holds when the whole interval is past the fixed value. A protocol with no "
     "trials yet reads *no data*, one with some of its seeds *incomplete*."
 )
 

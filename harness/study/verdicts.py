@@ -9,6 +9,8 @@ oriented by the metric's direction (lower is better for bpc, perplexity, edit di
   ahead of b's worst end by the margin (with margin 0: apart in the opposite order); otherwise *inconclusive*.
 * worst / best / monotone are that pairwise rule over their pairs: all pairs hold -> holds; any pair does not hold ->
   does not hold; otherwise inconclusive.
+* ``a`` above ``value`` by ``margin`` is the beats rule against a fixed point: *holds* when a's worst interval end is
+  ahead of the value by more than the margin, *does not hold* when even its best end is not.
 * ``a`` within ``delta`` of ``b`` *holds* when every point of one interval is within delta of every point of the
   other; *does not hold* when the intervals are more than delta apart; otherwise *inconclusive*.
 
@@ -141,6 +143,19 @@ def beats(a: ArmResult, b: ArmResult, metric: str, margin: float = 0.0) -> str:
     return INCONCLUSIVE
 
 
+def above(a: ArmResult, value: float, metric: str, margin: float = 0.0) -> str:
+    """Is ``a`` ahead of the fixed ``value`` by ``margin``?"""
+    if a.n < 2:
+        return INCONCLUSIVE
+    low, high = _oriented(a, metric)
+    point = -value if metric in LOWER_IS_BETTER else value
+    if low - point > margin:
+        return HOLDS
+    if high - point < margin:
+        return FAILS
+    return INCONCLUSIVE
+
+
 def within(a: ArmResult, b: ArmResult, delta: float) -> str:
     if a.n < 2 or b.n < 2:
         return INCONCLUSIVE
@@ -163,6 +178,8 @@ def rule(claim: Claim, arms: dict[str, ArmResult]) -> str:
     m = claim.metric
     if claim.compare == "better":
         return beats(arms[claim.a], arms[claim.b], m, claim.margin)
+    if claim.compare == "above":
+        return above(arms[claim.a], claim.value, m, claim.margin)  # type: ignore[arg-type]
     if claim.compare == "within":
         return within(arms[claim.a], arms[claim.b], claim.delta)  # type: ignore[arg-type]
     if claim.compare == "worst":

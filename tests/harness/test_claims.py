@@ -104,6 +104,11 @@ HIGH, LOW, WIDE = [0.90, 0.91, 0.92], [0.50, 0.51, 0.52], [0.30, 0.70, 0.95]
         ("monotone", {"along": ["b", "c", "a"]}, {"b": LOW, "c": [0.7, 0.71, 0.72], "a": HIGH}, "holds"),
         ("monotone", {"along": ["b", "c", "a"], "direction": "worsens"}, {"b": LOW, "c": LOW, "a": HIGH}, FAILS),
         ("monotone", {"along": ["b", "c", "a"]}, {"b": LOW, "c": WIDE, "a": HIGH}, "inconclusive"),
+        # above a fixed value, in percent: LOW is 49.8 to 52.2, HIGH 89.8 to 92.2
+        ("above", {"a": "a", "value": 50}, {"a": HIGH}, "holds"),
+        ("above", {"a": "a", "value": 50}, {"a": LOW}, "inconclusive"),
+        ("above", {"a": "a", "value": 95}, {"a": HIGH}, "does not hold"),
+        ("above", {"a": "a", "value": 50, "margin": 45}, {"a": HIGH}, "does not hold"),
     ],
 )
 def test_each_comparison_reaches_each_verdict(tmp_path, compare, fields, values, verdict):
@@ -118,6 +123,14 @@ def test_the_metric_decides_which_way_is_better(tmp_path):
     higher_a = store_of(tmp_path / "s2", {"a": HIGH, "b": LOW}, metric="bpc").read()
     assert evaluate(claims.claims[0], claims, lower_a).verdict == "holds"
     assert evaluate(claims.claims[0], claims, higher_a).verdict == "does not hold"
+
+
+def test_above_reads_a_lower_is_better_metric_the_other_way(tmp_path):
+    claims = load_claims(claims_yaml(tmp_path, claim("x", "above", metric="bpc", a="a", value=0.7)))
+    low_bpc = store_of(tmp_path / "s1", {"a": LOW}, metric="bpc").read()
+    high_bpc = store_of(tmp_path / "s2", {"a": HIGH}, metric="bpc").read()
+    assert evaluate(claims.claims[0], claims, low_bpc).verdict == "holds"
+    assert evaluate(claims.claims[0], claims, high_bpc).verdict == FAILS
 
 
 def test_a_protocol_without_trials_is_no_data_and_with_some_seeds_incomplete(tmp_path):
