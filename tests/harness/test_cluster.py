@@ -313,53 +313,20 @@ def test_two_gpu_workers_train_one_trial(tmp_path):
     assert (frame["device"] == "cuda").all() and (frame["world_size"] == 2).all()
 
 
-DIES_ONCE_ON_RANK_1 = '''
-import os
-from pathlib import Path
-
-import torch.distributed as dist
-import torch.nn.functional as F
-
-from attentions import Attention, register_attention
-
-
-@register_attention("rank1_dies_once")
-class RankOneDiesOnceAttention(Attention):
-    """Dense attention whose rank-1 worker process dies in its training forward number DIE_AT, once (the marker file
-    says it already did), as a node lost mid-trial would take one worker of a multi-worker trial."""
-    supports_causal = True
-    def __init__(self, *, heads: int, head_dim: int, max_len: int, causal: bool = False):
-        super().__init__(heads=heads, head_dim=head_dim, max_len=max_len, causal=causal)
-        self.forwards = 0
-    def forward(self, q, k, v, padding_mask=None):
-        if self.training:
-            self.forwards += 1
-            marker = Path(os.environ["ATTNBENCH_TEST_MARKER"])
-            rank = dist.get_rank() if dist.is_initialized() else 0
-            if rank == 1 and self.forwards == int(os.environ["ATTNBENCH_TEST_DIE_AT"]) and not marker.exists():
-                marker.write_text("died")
-                os._exit(9)
-        return F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)
-'''
-
-
-def test_a_two_worker_trial_killed_after_a_checkpoint_resumes_and_ends_as_an_uninterrupted_one(tmp_path, monkeypatch):
+def test_a_two_worker_trial_killed_after_a_checkpoint_resumes_and_ends_as_an_uninterrupted_one(
+    tmp_path, monkeypatch, dying_plugins
+):
     """Rank 1 dies in step 7, past the checkpoint at step 4: the driver retries the trial, which resumes there."""
     monkeypatch.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "1")
-    plugins = tmp_path / "plugins"
-    plugins.mkdir()
-    (plugins / "dies.py").write_text(DIES_ONCE_ON_RANK_1)
     marker = tmp_path / "died.marker"
     monkeypatch.setenv("ATTNBENCH_TEST_MARKER", str(marker))
     monkeypatch.setenv("ATTNBENCH_TEST_DIE_AT", "7")
-    registry = __import__("attentions").base.REGISTRY
-    __import__("attentions").names()
-    monkeypatch.setattr(registry, "_classes", dict(registry._classes))
-    __import__("attentions").load_plugin_dir(plugins)
+    monkeypatch.setenv("ATTNBENCH_TEST_DIE_RANK", "1")
+    plugins = dying_plugins
     path = grid(
         tmp_path,
         "w2resume",
-        "{rank1_dies_once: {}}",
+        "{dies_once: {}}",
         steps=10,
         resources="{workers: 2, max_retries: 1}",
         train=", checkpoint_every: 4, eval_every: 5",

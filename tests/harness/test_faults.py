@@ -13,7 +13,6 @@ import pytest
 import torch
 from rich.console import Console
 
-import attentions
 from harness.running.faults import Watchdog, gave_up, out_of_memory_kind
 from harness.running.grid import NOT_IN_ID, load_trials
 from harness.running.progress import ProgressBoard
@@ -218,17 +217,13 @@ class CappedAttention(Attention):
 
 
 @pytest.fixture
-def plugins(tmp_path, monkeypatch):
+def plugins(tmp_path, register_plugins):
     """The test plugins, registered in this process too (on a copy of the registry, restored afterwards)."""
     folder = tmp_path / "plugins"
     folder.mkdir()
     (folder / "oom.py").write_text(OOM_PLUGINS)
     (folder / "blocks.py").write_text(BLOCKS)
-    registry = attentions.base.REGISTRY
-    attentions.names()
-    monkeypatch.setattr(registry, "_classes", dict(registry._classes))
-    attentions.load_plugin_dir(folder)
-    return folder
+    return register_plugins(folder)
 
 
 def test_a_trial_out_of_cuda_memory_is_stored_as_out_of_memory_with_length_batch_and_plugin(tmp_path, plugins):

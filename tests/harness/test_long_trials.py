@@ -17,7 +17,6 @@ import pytest
 import torch
 from rich.console import Console
 
-import attentions
 from harness.running import trainer as trainer_module
 from harness.running.checkpoints import TrialCheckpoints
 from harness.running.grid import GridError, load, load_trials
@@ -182,31 +181,6 @@ def test_a_trial_resumed_from_its_checkpoint_ends_exactly_as_an_uninterrupted_on
     store.remove()  # a missing trial folder is fine
 
 
-DIES_ONCE = '''
-import os
-import torch.nn.functional as F
-from pathlib import Path
-from attentions import Attention, register_attention
-
-@register_attention("dies_once")
-class DiesOnceAttention(Attention):
-    """Dense attention whose worker process dies (as an OOM kill would) in training forward number DIE_AT, once:
-    the marker file says the death already happened."""
-    supports_causal = True
-    def __init__(self, *, heads: int, head_dim: int, max_len: int, causal: bool = False):
-        super().__init__(heads=heads, head_dim=head_dim, max_len=max_len, causal=causal)
-        self.forwards = 0
-    def forward(self, q, k, v, padding_mask=None):
-        if self.training:
-            self.forwards += 1
-            marker = Path(os.environ["ATTNBENCH_TEST_MARKER"])
-            if self.forwards == int(os.environ["ATTNBENCH_TEST_DIE_AT"]) and not marker.exists():
-                marker.write_text("died")
-                os._exit(9)
-        return F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)
-'''
-
-
 def cli_env(tmp_path: Path, die_at: int) -> dict[str, str]:
     return {
         **os.environ,
@@ -217,10 +191,8 @@ def cli_env(tmp_path: Path, die_at: int) -> dict[str, str]:
 
 
 @pytest.mark.slow
-def test_a_worker_killed_past_its_second_checkpoint_resumes_and_matches(tmp_path, monkeypatch):
-    plugins = tmp_path / "plugins"
-    plugins.mkdir()
-    (plugins / "dies_once.py").write_text(DIES_ONCE)
+def test_a_worker_killed_past_its_second_checkpoint_resumes_and_matches(tmp_path, monkeypatch, dying_plugins):
+    plugins = dying_plugins
     # Each plugin instance (encoder and decoder hold one each) counts its own training forwards, one per step: the
     # 11th is step 11, past the checkpoints at steps 4 and 8.
     path = grid_file(tmp_path, attention="{dies_once: {}}", steps=16, eval_every=4, checkpoint_every=4)
@@ -241,10 +213,6 @@ def test_a_worker_killed_past_its_second_checkpoint_resumes_and_matches(tmp_path
 
     monkeypatch.setenv("ATTNBENCH_TEST_MARKER", str(tmp_path / "died.marker"))  # exists: the reference never dies
     monkeypatch.setenv("ATTNBENCH_TEST_DIE_AT", "11")
-    registry = attentions.base.REGISTRY
-    attentions.names()  # discover the shipped plugins first, then register the test plugin on a copy
-    monkeypatch.setattr(registry, "_classes", dict(registry._classes))  # restored after the test: no leak
-    attentions.load_plugin_dir(plugins)
     reference = run_trial(only_config(path))
     stored = {
         (r.split, r.metric, None if pd.isna(r.step) else int(r.step)): r.value
