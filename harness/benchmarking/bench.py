@@ -36,7 +36,7 @@ from torch import nn
 
 import attentions
 from harness.benchmarking import flops as flop_counts
-from harness.benchmarking.idle import profile_idle_share
+from harness.benchmarking.idle import profile_device
 from harness.benchmarking.timing import Timing, timing_for
 from harness.memory import measure_peak
 from harness.store import ResultStore, rows_for_trial
@@ -195,6 +195,7 @@ def measure_detailed(
     forward_times = timing.repeats(forward, repeats)
     times = timing.repeats(lambda: forward_backward(module, q, k, v), repeats)
     _, peak = measure_peak(lambda: forward_backward(module, q, k, v), device)
+    profiled = profile_device(lambda: forward_backward(module, q, k, v), device, profile_steps)
     counted = flop_counts.attention_flops(name, module, length, batch=batch, heads=heads, head_dim=head_dim)
     roof = device_peak_flops(device, q.dtype, peak_tflops)
 
@@ -213,7 +214,8 @@ def measure_detailed(
         "forward_seconds_min": min(forward_times),
         "peak_memory_bytes": int(peak),
         "saved_bytes": saved_bytes(module, q, k, v),
-        "idle_share": profile_idle_share(lambda: forward_backward(module, q, k, v), device, profile_steps),
+        "idle_share": profiled.idle_share,
+        "launches": profiled.launches,
         "flops_forward": float("nan") if counted is None else counted[0],
         "flops": float("nan") if counted is None else counted[1],
         "roofline_share_forward": float("nan") if counted is None else share(counted[0], min(forward_times)),
@@ -369,6 +371,7 @@ def row_line(row: dict[str, Any]) -> str:
     if "forward_seconds_min" in row:
         line += (
             f"  fwd {row['forward_seconds_min'] * 1e3:8.2f} ms  idle {row['idle_share']:4.0%}  "
+            f"launches {row['launches']:6.0f}  "
             f"roofline fwd {_percent(row['roofline_share_forward'])} fwd+bwd {_percent(row['roofline_share'])}"
         )
     return line
@@ -385,7 +388,8 @@ def store_sweep(
     task ``speed_memory``: metrics ``seconds`` (median) and ``saved_bytes`` in split ``forward_backward``, the
     ``length`` and ``peak_memory_bytes`` columns set. ``config["run"]`` keeps runs apart. Returns the trial count.
     A detailed row (CUDA) adds ``seconds`` and ``roofline_share`` in split ``forward``, and ``idle_share``,
-    ``roofline_share`` and ``flops`` in split ``forward_backward`` (a share the row could not compute is left out).
+    ``launches`` (device work items per forward+backward), ``roofline_share`` and ``flops`` in split
+    ``forward_backward`` (a share the row could not compute is left out).
     A row's ``batch`` is part of its trial (``config["batch"]`` may list several).
     ``model=True`` stores the model-level sweep (``harness.benchmarking.model_bench``) as task ``model_step``:
     metrics ``seconds`` and ``steps_per_second`` in split ``train_step``."""
@@ -436,6 +440,7 @@ DETAIL_METRICS = (  # (split, metric, row field) of a detailed (CUDA) row
     ("forward", "seconds", "forward_seconds"),
     ("forward", "roofline_share", "roofline_share_forward"),
     ("forward_backward", "idle_share", "idle_share"),
+    ("forward_backward", "launches", "launches"),
     ("forward_backward", "roofline_share", "roofline_share"),
     ("forward_backward", "flops", "flops"),
 )

@@ -5,13 +5,17 @@ device has finished) and every kernel, copy and fill the device ran. The device 
 intervals (kernels of several streams may overlap, and count once); the idle share is the rest of the step's window,
 divided by the window. Kernels that start before or end after the window count only inside it.
 
-The arithmetic is a pure function of intervals (``idle_share``); ``profile_idle_share`` collects them. The profiler
-itself slows the host a little, so the share it reports is an upper bound of the unprofiled step's.
+The same trace counts the device's work items per step (``launches_per_step``: kernels, copies and fills on a GPU,
+operators when the CPU is the device): a step bound by its launches shows it as a high idle share and a high count.
+
+The arithmetic is a pure function of intervals (``idle_share``, ``launches_per_step``); ``profile_device`` collects
+them. The profiler itself slows the host a little, so the share it reports is an upper bound of the unprofiled step's.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 
 import torch
 
@@ -40,6 +44,22 @@ def idle_share(intervals: Iterable[Interval], windows: Sequence[Interval]) -> fl
     return 1 - sum(busy_time(intervals, w) for w in windows) / wall
 
 
+def launches_per_step(intervals: Iterable[Interval], windows: Sequence[Interval]) -> float:
+    """Device work items that start inside a step's window, per step."""
+    if not windows:
+        raise ValueError("launches per step: no step windows in the trace")
+    starts = [start for start, _ in intervals]
+    return sum(lo <= s < hi for s in starts for lo, hi in windows) / len(windows)
+
+
+@dataclass(frozen=True)
+class DeviceProfile:
+    """What the profiler says of a step: the device's idle share and its work items (launches) per step."""
+
+    idle_share: float
+    launches: float
+
+
 def trace_intervals(
     events: Iterable, *, device_type: torch.autograd.DeviceType, step: str = STEP
 ) -> tuple[list[Interval], list[Interval]]:
@@ -62,9 +82,10 @@ def trace_intervals(
     return busy, windows
 
 
-def profile_idle_share(step: Callable[[], None], device: torch.device | str, steps: int = 3) -> float:
-    """Idle share of the device over ``steps`` profiled runs of ``step`` (after one untimed run). Each run ends with a
-    device synchronize inside its range, so the window closes when the device's last kernel has finished."""
+def profile_device(step: Callable[[], None], device: torch.device | str, steps: int = 3) -> DeviceProfile:
+    """Idle share and launches per step of the device over ``steps`` profiled runs of ``step`` (after one untimed
+    run). Each run ends with a device synchronize inside its range, so the window closes when the device's last kernel
+    has finished."""
     device = torch.device(device)
     activities = [torch.profiler.ProfilerActivity.CPU]
     if device.type == "cuda":
@@ -78,4 +99,4 @@ def profile_idle_share(step: Callable[[], None], device: torch.device | str, ste
                     torch.cuda.synchronize(device)
     kind = torch.autograd.DeviceType.CUDA if device.type == "cuda" else torch.autograd.DeviceType.CPU
     busy, windows = trace_intervals(profile.events(), device_type=kind)
-    return idle_share(busy, windows)
+    return DeviceProfile(idle_share(busy, windows), launches_per_step(busy, windows))

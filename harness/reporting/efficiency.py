@@ -98,6 +98,7 @@ def attention_table(frame: pd.DataFrame) -> list[dict]:
         forward=column("forward", "seconds"),
         both=column("forward_backward", "seconds"),
         idle=column("forward_backward", "idle_share"),
+        launches=column("forward_backward", "launches"),
         roof_forward=column("forward", "roofline_share"),
         roof=column("forward_backward", "roofline_share"),
     ).sort_values("finished_at", kind="stable")
@@ -120,6 +121,7 @@ def attention_table(frame: pd.DataFrame) -> list[dict]:
                 "ms": f"{row.both * 1e3:.3f}",
                 "vs_vanilla": "–" if ref is None or pd.isna(ref) else f"{row.both / ref:.2f}x",
                 "idle": pct(row.idle),
+                "launches": "–" if pd.isna(row.launches) else f"{row.launches:.0f}",
                 "roofline_forward": pct(row.roof_forward),
                 "roofline": pct(row.roof),
             }

@@ -72,9 +72,22 @@ def test_idle_share_of_a_real_cpu_trace_sees_the_host_waiting():
         for _ in range(20):
             torch.mm(a, a)
 
-    waiting, working = idle.profile_idle_share(waits, CPU, steps=2), idle.profile_idle_share(works, CPU, steps=2)
-    assert 0.8 < waiting <= 1.0
-    assert 0.0 <= working < 0.5
+    waiting, working = idle.profile_device(waits, CPU, steps=2), idle.profile_device(works, CPU, steps=2)
+    assert 0.8 < waiting.idle_share <= 1.0
+    assert 0.0 <= working.idle_share < 0.5
+    # the CPU's "launches" are the operators the profiler records (nested calls included): twice the products, twice
+    # the count; the sleeping step launches almost nothing
+    twice = idle.profile_device(lambda: (works(), works()), CPU, steps=2)
+    assert working.launches >= 20 and twice.launches == 2 * working.launches
+    assert waiting.launches < working.launches / 4
+
+
+def test_launches_count_the_work_that_starts_inside_each_step():
+    windows = [(0, 10), (20, 30)]
+    assert idle.launches_per_step([(1, 2), (3, 12), (12, 15), (21, 22), (29, 40)], windows) == 2.0
+    assert idle.launches_per_step([], windows) == 0.0
+    with pytest.raises(ValueError, match="no step windows"):
+        idle.launches_per_step([(1, 2)], [])
 
 
 def test_trace_intervals_split_steps_from_device_work():
@@ -162,10 +175,10 @@ class Uncounted(torch.nn.Module):
 @pytest.fixture(scope="module")
 def detailed_rows() -> list[dict]:
     """The detailed sweep on the CPU with a fake clock (forward 2 then 3 ms, forward+backward 6 then 7 ms) and a
-    fake profile (idle 25%)."""
+    fake profile (idle 25%, 42 launches)."""
     durations = iter([0.002, 0.003, 0.006, 0.007] * 3)
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(bench, "profile_idle_share", lambda step, device, steps: step() or 0.25)
+        patch.setattr(bench, "profile_device", lambda step, device, steps: step() or idle.DeviceProfile(0.25, 42.0))
         timing = Timing(clock=lambda work: (work(), next(durations))[1], warmup=1)
         return bench.sweep(
             ["vanilla", "local"],
@@ -192,7 +205,7 @@ def test_detailed_rows_time_forward_and_backward_apart_and_compute_both_shares(d
                                           64, batch=2, heads=2, head_dim=8)  # fmt: skip
     assert local["roofline_share_forward"] == pytest.approx(forward / 0.002 / 1e9)
     assert local["roofline_share"] == pytest.approx(both / 0.006 / 1e9)
-    assert local["idle_share"] == 0.25
+    assert local["idle_share"] == 0.25 and local["launches"] == 42.0
     uncounted = next(r for r in rows if r["attention"] == "uncounted")
     assert uncounted["roofline_share"] != uncounted["roofline_share"]  # NaN: no count, not a made-up figure
     assert "forward_seconds" not in bench.sweep(["local"], [64], repeats=1, configs=[("cpu", torch.float32)])[0]
@@ -210,13 +223,13 @@ def test_detailed_rows_reach_the_store_and_the_report_table(tmp_path, detailed_r
     frame = pd.read_parquet(tmp_path)
     local = frame[frame["attention"] == "local"].set_index(["split", "metric"])["value"]
     assert local[("forward", "seconds")] == pytest.approx(0.0025)
-    assert local[("forward_backward", "idle_share")] == 0.25
+    assert local[("forward_backward", "idle_share")] == 0.25 and local[("forward_backward", "launches")] == 42.0
     assert {("forward", "roofline_share"), ("forward_backward", "flops")} <= set(local.index)
     assert ("forward_backward", "roofline_share") not in set(
         frame[frame["attention"] == "uncounted"].set_index(["split", "metric"]).index
     )
     table = {t["label"].split(" ")[0]: t for t in attention_table(frame)}
-    assert table["Local"]["batch"] == 2 and table["Local"]["idle"] == "25.0%"
+    assert table["Local"]["batch"] == 2 and table["Local"]["idle"] == "25.0%" and table["Local"]["launches"] == "42"
     assert table["Local"]["forward_ms"] == "2.500" and table["Local"]["ms"] == "6.500"
     assert table["Transformer"]["vs_vanilla"] == "1.00x" and table["uncounted"]["roofline"] == "–"
     figure_rows = latest_speed_rows(frame)
