@@ -61,10 +61,10 @@ if triton is not None:
         return tl.load(ptr + base + index, index < length, 0.0)
 
     @triton.jit
-    def _scores(qt, kt, valid_ptr, vbase, rows, cols, length, scale, HAS_VALID: tl.constexpr):
+    def _scores(qt, kt, valid_ptr, vbase, rows, cols, length, scale, HAS_VALID: tl.constexpr, PRECISION: tl.constexpr):
         """Scaled scores ``q_i . k_j / sqrt(d)`` of the rows x cols tile; -inf outside the sequence and wherever the
         query or the key is padding (``valid`` 0)."""
-        s = tl.dot(qt, tl.trans(kt)) * scale
+        s = tl.dot(qt, tl.trans(kt), input_precision=PRECISION) * scale
         allowed = (rows[:, None] < length) & (cols[None, :] < length)
         if HAS_VALID:
             valid_row = tl.load(valid_ptr + vbase + rows, rows < length, 0)
@@ -81,7 +81,7 @@ if triton is not None:
 
     @triton.jit
     def _row_step(q_ptr, k_ptr, valid_ptr, c_ptr, r_ptr, heads, length, scale, HAS_VALID: tl.constexpr,
-                  D: tl.constexpr, BD: tl.constexpr, BLOCK_SIZE: tl.constexpr):  # fmt: skip
+                  D: tl.constexpr, BD: tl.constexpr, BLOCK_SIZE: tl.constexpr, PRECISION: tl.constexpr):  # fmt: skip
         """r_i = LSE_j (S_ij - c_j) for one query tile."""
         rows = tl.program_id(0) * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)
         bh = tl.program_id(1)
@@ -92,7 +92,7 @@ if triton is not None:
         for start in range(0, length, BLOCK_SIZE):
             cols = start + tl.arange(0, BLOCK_SIZE)
             kt = _load_rows(k_ptr, base, cols, length, D, BD)
-            s = _scores(qt, kt, valid_ptr, vbase, rows, cols, length, scale, HAS_VALID)
+            s = _scores(qt, kt, valid_ptr, vbase, rows, cols, length, scale, HAS_VALID, PRECISION)
             x = s - _load_vector(c_ptr, obase, cols, length)[None, :]
             m_new = tl.maximum(m, tl.max(x, 1))
             total = total * tl.exp(m - m_new) + tl.sum(tl.exp(x - m_new[:, None]), 1)
@@ -101,7 +101,7 @@ if triton is not None:
 
     @triton.jit
     def _column_step(q_ptr, k_ptr, valid_ptr, r_ptr, c_ptr, heads, length, scale, HAS_VALID: tl.constexpr,
-                     D: tl.constexpr, BD: tl.constexpr, BLOCK_SIZE: tl.constexpr):  # fmt: skip
+                     D: tl.constexpr, BD: tl.constexpr, BLOCK_SIZE: tl.constexpr, PRECISION: tl.constexpr):  # fmt: skip
         """c_j = LSE_i (S_ij - r_i) for one key tile."""
         cols = tl.program_id(0) * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)
         bh = tl.program_id(1)
@@ -112,7 +112,7 @@ if triton is not None:
         for start in range(0, length, BLOCK_SIZE):
             rows = start + tl.arange(0, BLOCK_SIZE)
             qt = _load_rows(q_ptr, base, rows, length, D, BD)
-            s = _scores(qt, kt, valid_ptr, vbase, rows, cols, length, scale, HAS_VALID)
+            s = _scores(qt, kt, valid_ptr, vbase, rows, cols, length, scale, HAS_VALID, PRECISION)
             x = s - _load_vector(r_ptr, obase, rows, length)[:, None]
             m_new = tl.maximum(m, tl.max(x, 0))
             total = total * tl.exp(m - m_new) + tl.sum(tl.exp(x - m_new[None, :]), 0)
@@ -121,7 +121,7 @@ if triton is not None:
 
     @triton.jit
     def _output(q_ptr, k_ptr, v_ptr, valid_ptr, r_ptr, c_ptr, o_ptr, heads, length, scale, HAS_VALID: tl.constexpr,
-                D: tl.constexpr, BD: tl.constexpr, BLOCK_SIZE: tl.constexpr):  # fmt: skip
+                D: tl.constexpr, BD: tl.constexpr, BLOCK_SIZE: tl.constexpr, PRECISION: tl.constexpr):  # fmt: skip
         """O = exp(S - r - c) V for one query tile."""
         rows = tl.program_id(0) * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)
         bh = tl.program_id(1)
@@ -132,10 +132,10 @@ if triton is not None:
         for start in range(0, length, BLOCK_SIZE):
             cols = start + tl.arange(0, BLOCK_SIZE)
             kt = _load_rows(k_ptr, base, cols, length, D, BD)
-            s = _scores(qt, kt, valid_ptr, vbase, rows, cols, length, scale, HAS_VALID)
+            s = _scores(qt, kt, valid_ptr, vbase, rows, cols, length, scale, HAS_VALID, PRECISION)
             p = tl.exp(s - r[:, None] - _load_vector(c_ptr, obase, cols, length)[None, :])
             vt = _load_rows(v_ptr, base, cols, length, D, BD)
-            acc += tl.dot(p.to(vt.dtype), vt)
+            acc += tl.dot(p.to(vt.dtype), vt, input_precision=PRECISION)
         _store_rows(o_ptr, base, rows, length, acc, D, BD)
 
     # ----------------------------------------------------------------------------------------- backward
@@ -143,7 +143,7 @@ if triton is not None:
     @triton.jit
     def _value_grad(q_ptr, k_ptr, v_ptr, do_ptr, valid_ptr, r_ptr, c_ptr, dv_ptr, adjoint_ptr, heads, length, scale,
                     HAS_VALID: tl.constexpr, D: tl.constexpr, BD: tl.constexpr,
-                    BLOCK_SIZE: tl.constexpr):  # fmt: skip
+                    BLOCK_SIZE: tl.constexpr, PRECISION: tl.constexpr):  # fmt: skip
         """For one key tile: dV = P^T dO, and the adjoint of the last column offsets, -rowdot(V, dV)."""
         cols = tl.program_id(0) * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)
         bh = tl.program_id(1)
@@ -154,10 +154,10 @@ if triton is not None:
         for start in range(0, length, BLOCK_SIZE):
             rows = start + tl.arange(0, BLOCK_SIZE)
             qt = _load_rows(q_ptr, base, rows, length, D, BD)
-            s = _scores(qt, kt, valid_ptr, vbase, rows, cols, length, scale, HAS_VALID)
+            s = _scores(qt, kt, valid_ptr, vbase, rows, cols, length, scale, HAS_VALID, PRECISION)
             p = tl.exp(s - _load_vector(r_ptr, obase, rows, length)[:, None] - c[None, :])
             dot = _load_rows(do_ptr, base, rows, length, D, BD)
-            acc += tl.dot(tl.trans(p).to(dot.dtype), dot)
+            acc += tl.dot(tl.trans(p).to(dot.dtype), dot, input_precision=PRECISION)
         vt = _load_rows(v_ptr, base, cols, length, D, BD).to(tl.float32)
         tl.store(adjoint_ptr + obase + cols, -tl.sum(vt * acc, 1), cols < length)
         _store_rows(dv_ptr, base, cols, length, acc, D, BD)
@@ -165,7 +165,7 @@ if triton is not None:
     @triton.jit
     def _row_adjoint(q_ptr, k_ptr, valid_ptr, r_ptr, c_ptr, a_ptr, target_ptr, heads, length, scale,
                      HAS_VALID: tl.constexpr, D: tl.constexpr, BD: tl.constexpr,
-                     BLOCK_SIZE: tl.constexpr):  # fmt: skip
+                     BLOCK_SIZE: tl.constexpr, PRECISION: tl.constexpr):  # fmt: skip
         """A column step's adjoint ``a`` (per column) into the row offsets it read: target_i -= sum_j W_ij a_j, with
         W = exp(S - r - c) the matrix after that step. One query tile."""
         rows = tl.program_id(0) * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)
@@ -177,7 +177,7 @@ if triton is not None:
         for start in range(0, length, BLOCK_SIZE):
             cols = start + tl.arange(0, BLOCK_SIZE)
             kt = _load_rows(k_ptr, base, cols, length, D, BD)
-            s = _scores(qt, kt, valid_ptr, vbase, rows, cols, length, scale, HAS_VALID)
+            s = _scores(qt, kt, valid_ptr, vbase, rows, cols, length, scale, HAS_VALID, PRECISION)
             w = tl.exp(s - r[:, None] - _load_vector(c_ptr, obase, cols, length)[None, :])
             passed += tl.sum(w * _load_vector(a_ptr, obase, cols, length)[None, :], 1)
         target = _load_vector(target_ptr, obase, rows, length)
@@ -186,7 +186,7 @@ if triton is not None:
     @triton.jit
     def _column_adjoint(q_ptr, k_ptr, valid_ptr, r_ptr, c_ptr, a_ptr, target_ptr, heads, length, scale,
                         HAS_VALID: tl.constexpr, D: tl.constexpr, BD: tl.constexpr,
-                        BLOCK_SIZE: tl.constexpr):  # fmt: skip
+                        BLOCK_SIZE: tl.constexpr, PRECISION: tl.constexpr):  # fmt: skip
         """A row step's adjoint ``a`` (per row) into the column offsets it read: target_j -= sum_i a_i W_ij. One key
         tile."""
         cols = tl.program_id(0) * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)
@@ -198,7 +198,7 @@ if triton is not None:
         for start in range(0, length, BLOCK_SIZE):
             rows = start + tl.arange(0, BLOCK_SIZE)
             qt = _load_rows(q_ptr, base, rows, length, D, BD)
-            s = _scores(qt, kt, valid_ptr, vbase, rows, cols, length, scale, HAS_VALID)
+            s = _scores(qt, kt, valid_ptr, vbase, rows, cols, length, scale, HAS_VALID, PRECISION)
             w = tl.exp(s - _load_vector(r_ptr, obase, rows, length)[:, None] - c[None, :])
             passed += tl.sum(_load_vector(a_ptr, obase, rows, length)[:, None] * w, 0)
         target = _load_vector(target_ptr, obase, cols, length)
@@ -227,7 +227,7 @@ if triton is not None:
     @triton.jit
     def _query_grad(q_ptr, k_ptr, v_ptr, do_ptr, valid_ptr, r_ptr, c_ptr, ar_ptr, ac_ptr, dq_ptr, heads, length,
                     steps, scale, HAS_VALID: tl.constexpr, D: tl.constexpr, BD: tl.constexpr,
-                    BLOCK_SIZE: tl.constexpr):  # fmt: skip
+                    BLOCK_SIZE: tl.constexpr, PRECISION: tl.constexpr):  # fmt: skip
         """dQ = dS K / sqrt(d) for one query tile."""
         rows = tl.program_id(0) * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)
         bh = tl.program_id(1)
@@ -239,16 +239,16 @@ if triton is not None:
         for start in range(0, length, BLOCK_SIZE):
             cols = start + tl.arange(0, BLOCK_SIZE)
             kt = _load_rows(k_ptr, base, cols, length, D, BD)
-            s = _scores(qt, kt, valid_ptr, vbase, rows, cols, length, scale, HAS_VALID)
-            dp = tl.dot(dot, tl.trans(_load_rows(v_ptr, base, cols, length, D, BD)))
+            s = _scores(qt, kt, valid_ptr, vbase, rows, cols, length, scale, HAS_VALID, PRECISION)
+            dp = tl.dot(dot, tl.trans(_load_rows(v_ptr, base, cols, length, D, BD)), input_precision=PRECISION)
             ds = _score_grad(s, dp, rows, cols, r_ptr, c_ptr, ar_ptr, ac_ptr, obase, plane, length, steps)
-            acc += tl.dot(ds.to(kt.dtype), kt)
+            acc += tl.dot(ds.to(kt.dtype), kt, input_precision=PRECISION)
         _store_rows(dq_ptr, base, rows, length, acc * scale, D, BD)
 
     @triton.jit
     def _key_grad(q_ptr, k_ptr, v_ptr, do_ptr, valid_ptr, r_ptr, c_ptr, ar_ptr, ac_ptr, dk_ptr, heads, length,
                   steps, scale, HAS_VALID: tl.constexpr, D: tl.constexpr, BD: tl.constexpr,
-                  BLOCK_SIZE: tl.constexpr):  # fmt: skip
+                  BLOCK_SIZE: tl.constexpr, PRECISION: tl.constexpr):  # fmt: skip
         """dK = dS^T Q / sqrt(d) for one key tile."""
         cols = tl.program_id(0) * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)
         bh = tl.program_id(1)
@@ -260,10 +260,10 @@ if triton is not None:
         for start in range(0, length, BLOCK_SIZE):
             rows = start + tl.arange(0, BLOCK_SIZE)
             qt = _load_rows(q_ptr, base, rows, length, D, BD)
-            s = _scores(qt, kt, valid_ptr, vbase, rows, cols, length, scale, HAS_VALID)
-            dp = tl.dot(_load_rows(do_ptr, base, rows, length, D, BD), tl.trans(vt))
+            s = _scores(qt, kt, valid_ptr, vbase, rows, cols, length, scale, HAS_VALID, PRECISION)
+            dp = tl.dot(_load_rows(do_ptr, base, rows, length, D, BD), tl.trans(vt), input_precision=PRECISION)
             ds = _score_grad(s, dp, rows, cols, r_ptr, c_ptr, ar_ptr, ac_ptr, obase, plane, length, steps)
-            acc += tl.dot(tl.trans(ds).to(qt.dtype), qt)
+            acc += tl.dot(tl.trans(ds).to(qt.dtype), qt, input_precision=PRECISION)
         _store_rows(dk_ptr, base, cols, length, acc * scale, D, BD)
 
 
@@ -272,7 +272,14 @@ def _launch_settings(q: torch.Tensor, valid: torch.Tensor | None) -> tuple[tuple
     batch, heads, length, dim = q.shape
     flat_valid = valid.to(torch.int8).contiguous() if valid is not None else q.new_zeros(1, dtype=torch.int8)
     grid = (triton.cdiv(length, BLOCK), batch * heads)
-    common = dict(HAS_VALID=valid is not None, D=dim, BD=max(16, triton.next_power_of_2(dim)), BLOCK_SIZE=BLOCK)
+    common = dict(
+        HAS_VALID=valid is not None,
+        D=dim,
+        BD=max(16, triton.next_power_of_2(dim)),
+        BLOCK_SIZE=BLOCK,
+        # float32 products in full float32, as torch.matmul (the chunked path) computes them, not TF32
+        PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
+    )
     return grid, common, flat_valid
 
 

@@ -1,7 +1,10 @@
-"""The Triton kernels of the non-causal Sinkformer, forward and backward, run on the CPU under Triton's interpreter:
-values and gradients against the chunked path and against the dense balancing of the full score matrix."""
+"""The Triton kernels of the non-causal Sinkformer, forward and backward: values and gradients against the chunked path
+and against the dense balancing of the full score matrix. Under Triton's interpreter (no GPU) on CPU tensors; on CUDA
+tensors where a GPU is present and ``TRITON_INTERPRET`` is not 1."""
 
 from __future__ import annotations
+
+import os
 
 import pytest
 import torch
@@ -12,10 +15,26 @@ from attentions import _sinkformer_triton as kernels  # noqa: E402
 from attentions._sinkformer_chunked import chunked_sinkformer  # noqa: E402
 from attentions.sinkhorn.reference import reference_log_sinkhorn  # noqa: E402
 
+DEVICE = "cuda" if torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1" else "cpu"
+# The interpreter evaluates in numpy, which warns where the kernels compute exp(-inf) and discard it.
+pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
+
 
 def inputs(length: int, dim: int, heads: int = 2) -> list[torch.Tensor]:
     g = torch.Generator().manual_seed(0)
-    return [torch.randn(2, heads, length, dim, generator=g).requires_grad_() for _ in range(3)]
+    return [torch.randn(2, heads, length, dim, generator=g).to(DEVICE).requires_grad_() for _ in range(3)]
+
+
+def padding_mask(length: int) -> torch.Tensor:
+    """Sequence 0 padded from position 9 on, sequence 1 its first 3 positions."""
+    valid = torch.ones(2, length, dtype=torch.bool, device=DEVICE)
+    valid[0, 9:] = False
+    valid[1, :3] = False
+    return valid
+
+
+def upstream_like(x: torch.Tensor) -> torch.Tensor:
+    return torch.randn(x.shape, generator=torch.Generator().manual_seed(1)).to(DEVICE)
 
 
 def dense_sinkformer(q, k, v, valid, steps) -> torch.Tensor:
@@ -46,12 +65,8 @@ def test_values_and_gradients_equal_chunked_and_dense(length, dim, heads, steps,
     first 3 positions. The dense reference runs in float64, so it checks the kernels' float32 rounding, not only their
     agreement with the chunked path."""
     q, k, v = inputs(length, dim, heads)
-    valid = None
-    if padded:
-        valid = torch.ones(2, length, dtype=torch.bool)
-        valid[0, 9:] = False
-        valid[1, :3] = False
-    upstream = torch.randn(q.shape, generator=torch.Generator().manual_seed(1))
+    valid = padding_mask(length) if padded else None
+    upstream = upstream_like(q)
     got = values_and_grads(lambda *t: kernels.triton_sinkformer(*t, valid, steps), q, k, v, upstream)
     chunked = values_and_grads(lambda *t: chunked_sinkformer(*t, valid, steps, causal=False, tile=7), q, k, v, upstream)
     exact = values_and_grads(
@@ -71,9 +86,9 @@ def test_fully_padded_sequence_gives_zeros():
     """A sequence with no real token beside a real one: zeros out and zero gradients there, no NaN anywhere."""
     length, dim, steps = 16, 16, 3
     q, k, v = inputs(length, dim)
-    valid = torch.ones(2, length, dtype=torch.bool)
+    valid = torch.ones(2, length, dtype=torch.bool, device=DEVICE)
     valid[1] = False
-    upstream = torch.randn(q.shape, generator=torch.Generator().manual_seed(1))
+    upstream = upstream_like(q)
     got = values_and_grads(lambda *t: kernels.triton_sinkformer(*t, valid, steps), q, k, v, upstream)
     alone = values_and_grads(
         lambda *t: kernels.triton_sinkformer(*t, None, steps), *(t[:1].detach().requires_grad_() for t in (q, k, v)),
@@ -95,12 +110,13 @@ def test_vectors_balance_the_matrix():
     for steps in (2, 8):
         _, vectors = kernels.triton_forward(q, k, q, None, steps)
         p = torch.exp(scores - vectors[-2][..., :, None] - vectors[-1][..., None, :])
-        torch.testing.assert_close(p.sum(-2), torch.ones(p.shape[:-1]), atol=1e-5, rtol=0)
+        torch.testing.assert_close(p.sum(-2), torch.ones_like(p[..., 0]), atol=1e-5, rtol=0)
         row_error.append((p.sum(-1) - 1).abs().max())
     assert row_error[1] < row_error[0] / 4
 
 
 def test_step_offsets_follow_the_alternation():
+    """Step t's (r, c): the vector it wrote and the other one as the last step before it left it (c = 0 at first)."""
     vectors = torch.arange(1.0, 4.0)[:, None].expand(3, 5)  # steps 1 (rows), 2 (columns), 3 (rows)
     rows, cols = kernels.step_offsets(vectors)
     assert rows[:, 0].tolist() == [1.0, 1.0, 3.0]
