@@ -6,11 +6,16 @@ c_j)``), a column step each key tile over all query tiles (``c_j = LSE_i (S_ij -
 log-sum-exp; a last launch forms ``exp(S - r - c) V`` flash-style.
 
 Backward, ``steps + 2`` launches, the recursion of ``_NonCausalSinkformer.backward`` on the same vectors: one launch
-per key tile forms ``dV = P^T dO`` and the last column offsets' adjoint ``-rowdot(V, dV)``; each balancing step t > 1
+over the key tiles forms ``dV = P^T dO`` and the last column offsets' adjoint ``-rowdot(V, dV)`` (the last row
+offsets' adjoint, ``-rowdot(dO, O)``, is one torch reduction of size L x D); each balancing step t > 1
 is one launch passing ``-sum(adjoint_t * W_t)`` along its axis to the vector it read (a row step sums over query tiles,
 a column step over key tiles); then ``dS = P * dP + sum_t adjoint_t * W_t`` is recomputed tile by tile into dQ (one
-launch over query tiles) and dK (one over key tiles), so neither needs atomics. Arithmetic is float32 whatever the
-input dtype; the vectors are kept in float32.
+launch over query tiles) and dK (one over key tiles), so neither needs atomics. Every kernel builds its score tile
+with the one helper ``_scores``.
+
+Exponentials, reductions and the vectors are float32 whatever the input dtype; the tile products take the inputs'
+dtype (P and dS are cast to it) and accumulate in float32, float32 inputs in full float32 (not TF32), as the chunked
+path's ``torch.matmul``.
 
 The causal variant has no kernel here and runs the chunked path. The kernels are tested on the CPU under
 ``TRITON_INTERPRET=1`` only; they have not run compiled on a GPU.
