@@ -56,6 +56,7 @@ if triton is not None:
 
     @triton.jit
     def _store_rows(ptr, base, rows, length, tile, D: tl.constexpr, BD: tl.constexpr):
+        """Writes the (rows, BD) ``tile`` into the (length, D) matrix at ``base`` in its dtype, dropping the padding."""
         dims = tl.arange(0, BD)
         mask = (rows[:, None] < length) & (dims[None, :] < D)
         tl.store(ptr + base + rows[:, None] * D + dims[None, :], tile.to(ptr.dtype.element_ty), mask)
@@ -161,8 +162,8 @@ if triton is not None:
             qt = _load_rows(q_ptr, base, rows, length, D, BD)
             s = _scores(qt, kt, valid_ptr, vbase, rows, cols, length, scale, HAS_VALID, PRECISION)
             p = tl.exp(s - _load_vector(r_ptr, obase, rows, length)[:, None] - c[None, :])
-            dot = _load_rows(do_ptr, base, rows, length, D, BD)
-            acc += tl.dot(tl.trans(p).to(dot.dtype), dot, input_precision=PRECISION)
+            grad_o = _load_rows(do_ptr, base, rows, length, D, BD)
+            acc += tl.dot(tl.trans(p).to(grad_o.dtype), grad_o, input_precision=PRECISION)
         vt = _load_rows(v_ptr, base, cols, length, D, BD).to(tl.float32)
         tl.store(adjoint_ptr + obase + cols, -tl.sum(vt * acc, 1), cols < length)
         _store_rows(dv_ptr, base, cols, length, acc, D, BD)
@@ -239,13 +240,13 @@ if triton is not None:
         base, vbase, obase = bh * length * D, (bh // heads) * length, bh * length
         plane = tl.num_programs(1) * length
         qt = _load_rows(q_ptr, base, rows, length, D, BD)
-        dot = _load_rows(do_ptr, base, rows, length, D, BD)
+        grad_o = _load_rows(do_ptr, base, rows, length, D, BD)
         acc = tl.zeros((BLOCK_SIZE, BD), tl.float32)
         for start in range(0, length, BLOCK_SIZE):
             cols = start + tl.arange(0, BLOCK_SIZE)
             kt = _load_rows(k_ptr, base, cols, length, D, BD)
             s = _scores(qt, kt, valid_ptr, vbase, rows, cols, length, scale, HAS_VALID, PRECISION)
-            dp = tl.dot(dot, tl.trans(_load_rows(v_ptr, base, cols, length, D, BD)), input_precision=PRECISION)
+            dp = tl.dot(grad_o, tl.trans(_load_rows(v_ptr, base, cols, length, D, BD)), input_precision=PRECISION)
             ds = _score_grad(s, dp, rows, cols, r_ptr, c_ptr, ar_ptr, ac_ptr, obase, plane, length, steps)
             acc += tl.dot(ds.to(kt.dtype), kt, input_precision=PRECISION)
         _store_rows(dq_ptr, base, rows, length, acc * scale, D, BD)
