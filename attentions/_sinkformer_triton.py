@@ -1,10 +1,24 @@
-"""Triton forward of the non-causal chunked Sinkformer (``_sinkformer_chunked``): the balancing vectors and the output
-without the L x L matrix, the scores recomputed in SRAM tiles in every pass.
+"""Triton kernels of the non-causal chunked Sinkformer (``_sinkformer_chunked``), forward and backward, without the
+L x L matrix: every pass recomputes its score tiles in SRAM from q and k and keeps only per-row or per-column vectors.
 
-One launch per balancing step: a row step reduces each query tile over all key tiles (``r_i = LSE_j (S_ij - c_j)``),
-a column step each key tile over all query tiles (``c_j = LSE_i (S_ij - r_i)``), both with an online log-sum-exp; a
-last launch forms ``exp(S - r - c) V`` flash-style. The backward is the chunked path's (torch operators on tiles), so
-the gradient is the same exact one; the causal variant runs the chunked path. Tested under ``TRITON_INTERPRET=1``.
+Forward, one launch per balancing step: a row step reduces each query tile over all key tiles (``r_i = LSE_j (S_ij -
+c_j)``), a column step each key tile over all query tiles (``c_j = LSE_i (S_ij - r_i)``), both with an online
+log-sum-exp; a last launch forms ``exp(S - r - c) V`` flash-style.
+
+Backward, ``steps + 2`` launches, the recursion of ``_NonCausalSinkformer.backward`` on the same vectors: one launch
+over the key tiles forms ``dV = P^T dO`` and the last column offsets' adjoint ``-rowdot(V, dV)`` (the last row
+offsets' adjoint, ``-rowdot(dO, O)``, is one torch reduction of size L x D); each balancing step t > 1
+is one launch passing ``-sum(adjoint_t * W_t)`` along its axis to the vector it read (a row step sums over query tiles,
+a column step over key tiles); then ``dS = P * dP + sum_t adjoint_t * W_t`` is recomputed tile by tile into dQ (one
+launch over query tiles) and dK (one over key tiles), so neither needs atomics. Every kernel builds its score tile
+with the one helper ``_scores``.
+
+Exponentials, reductions and the vectors are float32 whatever the input dtype; the tile products take the inputs'
+dtype (P and dS are cast to it) and accumulate in float32, float32 inputs in full float32 (not TF32), as the chunked
+path's ``torch.matmul``.
+
+The causal variant has no kernel here and runs the chunked path. The kernels are tested on the CPU under
+``TRITON_INTERPRET=1`` only; they have not run compiled on a GPU.
 """
 
 from __future__ import annotations
@@ -12,8 +26,7 @@ from __future__ import annotations
 import os
 
 import torch
-
-from attentions._sinkformer_chunked import DEFAULT_TILE, _NonCausalSinkformer
+from torch.autograd.function import once_differentiable
 
 try:
     import triton
@@ -34,102 +47,246 @@ def available(q: torch.Tensor) -> bool:
 if triton is not None:
 
     @triton.jit
+    def _load_rows(ptr, base, rows, length, D: tl.constexpr, BD: tl.constexpr):
+        """(rows, BD) tile of the (length, D) matrix at ``base``; rows past the end and the dims past D are 0."""
+        dims = tl.arange(0, BD)
+        return tl.load(
+            ptr + base + rows[:, None] * D + dims[None, :], (rows[:, None] < length) & (dims[None, :] < D), 0.0
+        )
+
+    @triton.jit
+    def _store_rows(ptr, base, rows, length, tile, D: tl.constexpr, BD: tl.constexpr):
+        """Writes the (rows, BD) ``tile`` into the (length, D) matrix at ``base`` in its dtype, dropping the padding."""
+        dims = tl.arange(0, BD)
+        mask = (rows[:, None] < length) & (dims[None, :] < D)
+        tl.store(ptr + base + rows[:, None] * D + dims[None, :], tile.to(ptr.dtype.element_ty), mask)
+
+    @triton.jit
+    def _load_vector(ptr, base, index, length):
+        """Entries ``index`` of the float32 vector at ``base``; 0 past the end."""
+        return tl.load(ptr + base + index, index < length, 0.0)
+
+    @triton.jit
+    def _scores(qt, kt, valid_ptr, vbase, rows, cols, length, scale, HAS_VALID: tl.constexpr, PRECISION: tl.constexpr):
+        """Scaled scores ``q_i . k_j / sqrt(d)`` of the rows x cols tile; -inf outside the sequence and wherever the
+        query or the key is padding (``valid`` 0)."""
+        s = tl.dot(qt, tl.trans(kt), input_precision=PRECISION) * scale
+        allowed = (rows[:, None] < length) & (cols[None, :] < length)
+        if HAS_VALID:
+            valid_row = tl.load(valid_ptr + vbase + rows, rows < length, 0)
+            valid_col = tl.load(valid_ptr + vbase + cols, cols < length, 0)
+            allowed = allowed & (valid_row[:, None] != 0) & (valid_col[None, :] != 0)
+        return tl.where(allowed, s, float("-inf"))
+
+    @triton.jit
+    def _finite_lse(m, total):
+        """The log-sum of an online reduction; 0 where nothing was allowed (offset 0 keeps S - r - c at -inf)."""
+        return tl.where(total > 0, m + tl.log(tl.where(total > 0, total, 1.0)), 0.0)
+
+    # ----------------------------------------------------------------------------------------- forward
+
+    @triton.jit
     def _row_step(q_ptr, k_ptr, valid_ptr, c_ptr, r_ptr, heads, length, scale, HAS_VALID: tl.constexpr,
-                  D: tl.constexpr, BD: tl.constexpr, BLOCK_SIZE: tl.constexpr):  # fmt: skip
+                  D: tl.constexpr, BD: tl.constexpr, BLOCK_SIZE: tl.constexpr, PRECISION: tl.constexpr):  # fmt: skip
+        """r_i = LSE_j (S_ij - c_j) for one query tile."""
         rows = tl.program_id(0) * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)
         bh = tl.program_id(1)
-        dims = tl.arange(0, BD)
-        base = bh * length * D
+        base, vbase, obase = bh * length * D, (bh // heads) * length, bh * length
+        qt = _load_rows(q_ptr, base, rows, length, D, BD)
         m = tl.full((BLOCK_SIZE,), -1.0e30, tl.float32)
         total = tl.zeros((BLOCK_SIZE,), tl.float32)
         for start in range(0, length, BLOCK_SIZE):
             cols = start + tl.arange(0, BLOCK_SIZE)
-            # scaled scores of rows x cols, masked entries -inf (inline: a nested jit helper is not always interpreted)
-            in_d = dims[None, :] < D
-            qt = tl.load(q_ptr + base + rows[:, None] * D + dims[None, :], (rows[:, None] < length) & in_d, 0.0)
-            kt = tl.load(k_ptr + base + cols[:, None] * D + dims[None, :], (cols[:, None] < length) & in_d, 0.0)
-            s = tl.dot(qt, tl.trans(kt)) * scale
-            allowed = (rows[:, None] < length) & (cols[None, :] < length)
-            if HAS_VALID:
-                vr = tl.load(valid_ptr + (bh // heads) * length + rows, rows < length, 0)
-                vc = tl.load(valid_ptr + (bh // heads) * length + cols, cols < length, 0)
-                allowed = allowed & (vr[:, None] != 0) & (vc[None, :] != 0)
-            s = tl.where(allowed, s, float("-inf"))
-            c = tl.load(c_ptr + bh * length + cols, cols < length, 0.0)
-            x = s - c[None, :]
+            kt = _load_rows(k_ptr, base, cols, length, D, BD)
+            s = _scores(qt, kt, valid_ptr, vbase, rows, cols, length, scale, HAS_VALID, PRECISION)
+            x = s - _load_vector(c_ptr, obase, cols, length)[None, :]
             m_new = tl.maximum(m, tl.max(x, 1))
             total = total * tl.exp(m - m_new) + tl.sum(tl.exp(x - m_new[:, None]), 1)
             m = m_new
-        r = tl.where(
-            total > 0, m + tl.log(tl.where(total > 0, total, 1.0)), 0.0
-        )  # a row with nothing allowed: offset 0, never read
-        tl.store(r_ptr + bh * length + rows, r, rows < length)
+        tl.store(r_ptr + obase + rows, _finite_lse(m, total), rows < length)
 
     @triton.jit
     def _column_step(q_ptr, k_ptr, valid_ptr, r_ptr, c_ptr, heads, length, scale, HAS_VALID: tl.constexpr,
-                     D: tl.constexpr, BD: tl.constexpr, BLOCK_SIZE: tl.constexpr):  # fmt: skip
+                     D: tl.constexpr, BD: tl.constexpr, BLOCK_SIZE: tl.constexpr, PRECISION: tl.constexpr):  # fmt: skip
+        """c_j = LSE_i (S_ij - r_i) for one key tile."""
         cols = tl.program_id(0) * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)
         bh = tl.program_id(1)
-        dims = tl.arange(0, BD)
-        base = bh * length * D
+        base, vbase, obase = bh * length * D, (bh // heads) * length, bh * length
+        kt = _load_rows(k_ptr, base, cols, length, D, BD)
         m = tl.full((BLOCK_SIZE,), -1.0e30, tl.float32)
         total = tl.zeros((BLOCK_SIZE,), tl.float32)
         for start in range(0, length, BLOCK_SIZE):
             rows = start + tl.arange(0, BLOCK_SIZE)
-            # scaled scores of rows x cols, masked entries -inf (inline: a nested jit helper is not always interpreted)
-            in_d = dims[None, :] < D
-            qt = tl.load(q_ptr + base + rows[:, None] * D + dims[None, :], (rows[:, None] < length) & in_d, 0.0)
-            kt = tl.load(k_ptr + base + cols[:, None] * D + dims[None, :], (cols[:, None] < length) & in_d, 0.0)
-            s = tl.dot(qt, tl.trans(kt)) * scale
-            allowed = (rows[:, None] < length) & (cols[None, :] < length)
-            if HAS_VALID:
-                vr = tl.load(valid_ptr + (bh // heads) * length + rows, rows < length, 0)
-                vc = tl.load(valid_ptr + (bh // heads) * length + cols, cols < length, 0)
-                allowed = allowed & (vr[:, None] != 0) & (vc[None, :] != 0)
-            s = tl.where(allowed, s, float("-inf"))
-            r = tl.load(r_ptr + bh * length + rows, rows < length, 0.0)
-            x = s - r[:, None]
+            qt = _load_rows(q_ptr, base, rows, length, D, BD)
+            s = _scores(qt, kt, valid_ptr, vbase, rows, cols, length, scale, HAS_VALID, PRECISION)
+            x = s - _load_vector(r_ptr, obase, rows, length)[:, None]
             m_new = tl.maximum(m, tl.max(x, 0))
             total = total * tl.exp(m - m_new) + tl.sum(tl.exp(x - m_new[None, :]), 0)
             m = m_new
-        c = tl.where(total > 0, m + tl.log(tl.where(total > 0, total, 1.0)), 0.0)
-        tl.store(c_ptr + bh * length + cols, c, cols < length)
+        tl.store(c_ptr + obase + cols, _finite_lse(m, total), cols < length)
 
     @triton.jit
     def _output(q_ptr, k_ptr, v_ptr, valid_ptr, r_ptr, c_ptr, o_ptr, heads, length, scale, HAS_VALID: tl.constexpr,
-                D: tl.constexpr, BD: tl.constexpr, BLOCK_SIZE: tl.constexpr):  # fmt: skip
+                D: tl.constexpr, BD: tl.constexpr, BLOCK_SIZE: tl.constexpr, PRECISION: tl.constexpr):  # fmt: skip
+        """O = exp(S - r - c) V for one query tile."""
         rows = tl.program_id(0) * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)
         bh = tl.program_id(1)
-        dims = tl.arange(0, BD)
-        base = bh * length * D
-        r = tl.load(r_ptr + bh * length + rows, rows < length, 0.0)
+        base, vbase, obase = bh * length * D, (bh // heads) * length, bh * length
+        qt = _load_rows(q_ptr, base, rows, length, D, BD)
+        r = _load_vector(r_ptr, obase, rows, length)
         acc = tl.zeros((BLOCK_SIZE, BD), tl.float32)
         for start in range(0, length, BLOCK_SIZE):
             cols = start + tl.arange(0, BLOCK_SIZE)
-            # scaled scores of rows x cols, masked entries -inf (inline: a nested jit helper is not always interpreted)
-            in_d = dims[None, :] < D
-            qt = tl.load(q_ptr + base + rows[:, None] * D + dims[None, :], (rows[:, None] < length) & in_d, 0.0)
-            kt = tl.load(k_ptr + base + cols[:, None] * D + dims[None, :], (cols[:, None] < length) & in_d, 0.0)
-            s = tl.dot(qt, tl.trans(kt)) * scale
-            allowed = (rows[:, None] < length) & (cols[None, :] < length)
-            if HAS_VALID:
-                vr = tl.load(valid_ptr + (bh // heads) * length + rows, rows < length, 0)
-                vc = tl.load(valid_ptr + (bh // heads) * length + cols, cols < length, 0)
-                allowed = allowed & (vr[:, None] != 0) & (vc[None, :] != 0)
-            s = tl.where(allowed, s, float("-inf"))
-            c = tl.load(c_ptr + bh * length + cols, cols < length, 0.0)
-            p = tl.exp(s - r[:, None] - c[None, :])
-            vt = tl.load(
-                v_ptr + bh * length * D + cols[:, None] * D + dims[None, :],
-                (cols[:, None] < length) & (dims[None, :] < D),
-                0.0,
-            )
-            acc += tl.dot(p.to(vt.dtype), vt)
-        tl.store(
-            o_ptr + bh * length * D + rows[:, None] * D + dims[None, :],
-            acc.to(o_ptr.dtype.element_ty),
-            (rows[:, None] < length) & (dims[None, :] < D),
+            kt = _load_rows(k_ptr, base, cols, length, D, BD)
+            s = _scores(qt, kt, valid_ptr, vbase, rows, cols, length, scale, HAS_VALID, PRECISION)
+            p = tl.exp(s - r[:, None] - _load_vector(c_ptr, obase, cols, length)[None, :])
+            vt = _load_rows(v_ptr, base, cols, length, D, BD)
+            acc += tl.dot(p.to(vt.dtype), vt, input_precision=PRECISION)
+        _store_rows(o_ptr, base, rows, length, acc, D, BD)
+
+    # ----------------------------------------------------------------------------------------- backward
+
+    @triton.jit
+    def _value_grad(q_ptr, k_ptr, v_ptr, do_ptr, valid_ptr, r_ptr, c_ptr, dv_ptr, adjoint_ptr, heads, length, scale,
+                    HAS_VALID: tl.constexpr, D: tl.constexpr, BD: tl.constexpr,
+                    BLOCK_SIZE: tl.constexpr, PRECISION: tl.constexpr):  # fmt: skip
+        """For one key tile: dV = P^T dO, and the adjoint of the last column offsets, -rowdot(V, dV)."""
+        cols = tl.program_id(0) * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)
+        bh = tl.program_id(1)
+        base, vbase, obase = bh * length * D, (bh // heads) * length, bh * length
+        kt = _load_rows(k_ptr, base, cols, length, D, BD)
+        c = _load_vector(c_ptr, obase, cols, length)
+        acc = tl.zeros((BLOCK_SIZE, BD), tl.float32)
+        for start in range(0, length, BLOCK_SIZE):
+            rows = start + tl.arange(0, BLOCK_SIZE)
+            qt = _load_rows(q_ptr, base, rows, length, D, BD)
+            s = _scores(qt, kt, valid_ptr, vbase, rows, cols, length, scale, HAS_VALID, PRECISION)
+            p = tl.exp(s - _load_vector(r_ptr, obase, rows, length)[:, None] - c[None, :])
+            grad_o = _load_rows(do_ptr, base, rows, length, D, BD)
+            acc += tl.dot(tl.trans(p).to(grad_o.dtype), grad_o, input_precision=PRECISION)
+        vt = _load_rows(v_ptr, base, cols, length, D, BD).to(tl.float32)
+        tl.store(adjoint_ptr + obase + cols, -tl.sum(vt * acc, 1), cols < length)
+        _store_rows(dv_ptr, base, cols, length, acc, D, BD)
+
+    @triton.jit
+    def _row_adjoint(q_ptr, k_ptr, valid_ptr, r_ptr, c_ptr, a_ptr, target_ptr, heads, length, scale,
+                     HAS_VALID: tl.constexpr, D: tl.constexpr, BD: tl.constexpr,
+                     BLOCK_SIZE: tl.constexpr, PRECISION: tl.constexpr):  # fmt: skip
+        """A column step's adjoint ``a`` (per column) into the row offsets it read: target_i -= sum_j W_ij a_j, with
+        W = exp(S - r - c) the matrix after that step. One query tile."""
+        rows = tl.program_id(0) * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)
+        bh = tl.program_id(1)
+        base, vbase, obase = bh * length * D, (bh // heads) * length, bh * length
+        qt = _load_rows(q_ptr, base, rows, length, D, BD)
+        r = _load_vector(r_ptr, obase, rows, length)
+        passed = tl.zeros((BLOCK_SIZE,), tl.float32)
+        for start in range(0, length, BLOCK_SIZE):
+            cols = start + tl.arange(0, BLOCK_SIZE)
+            kt = _load_rows(k_ptr, base, cols, length, D, BD)
+            s = _scores(qt, kt, valid_ptr, vbase, rows, cols, length, scale, HAS_VALID, PRECISION)
+            w = tl.exp(s - r[:, None] - _load_vector(c_ptr, obase, cols, length)[None, :])
+            passed += tl.sum(w * _load_vector(a_ptr, obase, cols, length)[None, :], 1)
+        target = _load_vector(target_ptr, obase, rows, length)
+        tl.store(target_ptr + obase + rows, target - passed, rows < length)
+
+    @triton.jit
+    def _column_adjoint(q_ptr, k_ptr, valid_ptr, r_ptr, c_ptr, a_ptr, target_ptr, heads, length, scale,
+                        HAS_VALID: tl.constexpr, D: tl.constexpr, BD: tl.constexpr,
+                        BLOCK_SIZE: tl.constexpr, PRECISION: tl.constexpr):  # fmt: skip
+        """A row step's adjoint ``a`` (per row) into the column offsets it read: target_j -= sum_i a_i W_ij. One key
+        tile."""
+        cols = tl.program_id(0) * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)
+        bh = tl.program_id(1)
+        base, vbase, obase = bh * length * D, (bh // heads) * length, bh * length
+        kt = _load_rows(k_ptr, base, cols, length, D, BD)
+        c = _load_vector(c_ptr, obase, cols, length)
+        passed = tl.zeros((BLOCK_SIZE,), tl.float32)
+        for start in range(0, length, BLOCK_SIZE):
+            rows = start + tl.arange(0, BLOCK_SIZE)
+            qt = _load_rows(q_ptr, base, rows, length, D, BD)
+            s = _scores(qt, kt, valid_ptr, vbase, rows, cols, length, scale, HAS_VALID, PRECISION)
+            w = tl.exp(s - _load_vector(r_ptr, obase, rows, length)[:, None] - c[None, :])
+            passed += tl.sum(_load_vector(a_ptr, obase, rows, length)[:, None] * w, 0)
+        target = _load_vector(target_ptr, obase, cols, length)
+        tl.store(target_ptr + obase + cols, target - passed, cols < length)
+
+    @triton.jit
+    def _score_grad(s, dp, rows, cols, r_ptr, c_ptr, ar_ptr, ac_ptr, obase, plane, length, steps):
+        """dS of one tile: ``P * dP + sum_t (ar_t[i] + ac_t[j]) * W_t[i, j]``, where ``W_t = exp(S - r_t - c_t)`` is
+        the matrix after step t, ``P = W_steps``, and ``ar_t`` / ``ac_t`` the step's adjoint on its axis (0 on the
+        other). The four vectors are (steps, batch * heads, length) float32; ``plane`` is a step's stride."""
+        last = (steps - 1) * plane + obase
+        weight = _load_vector(ar_ptr, last, rows, length)[:, None] + _load_vector(ac_ptr, last, cols, length)[None, :]
+        w = tl.exp(
+            s - _load_vector(r_ptr, last, rows, length)[:, None] - _load_vector(c_ptr, last, cols, length)[None, :]
         )
+        grad = w * (dp + weight)
+        for t in range(0, steps - 1):
+            at = t * plane + obase
+            weight = _load_vector(ar_ptr, at, rows, length)[:, None] + _load_vector(ac_ptr, at, cols, length)[None, :]
+            w = tl.exp(
+                s - _load_vector(r_ptr, at, rows, length)[:, None] - _load_vector(c_ptr, at, cols, length)[None, :]
+            )
+            grad += weight * w
+        return grad
+
+    @triton.jit
+    def _query_grad(q_ptr, k_ptr, v_ptr, do_ptr, valid_ptr, r_ptr, c_ptr, ar_ptr, ac_ptr, dq_ptr, heads, length,
+                    steps, scale, HAS_VALID: tl.constexpr, D: tl.constexpr, BD: tl.constexpr,
+                    BLOCK_SIZE: tl.constexpr, PRECISION: tl.constexpr):  # fmt: skip
+        """dQ = dS K / sqrt(d) for one query tile."""
+        rows = tl.program_id(0) * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)
+        bh = tl.program_id(1)
+        base, vbase, obase = bh * length * D, (bh // heads) * length, bh * length
+        plane = tl.num_programs(1) * length
+        qt = _load_rows(q_ptr, base, rows, length, D, BD)
+        grad_o = _load_rows(do_ptr, base, rows, length, D, BD)
+        acc = tl.zeros((BLOCK_SIZE, BD), tl.float32)
+        for start in range(0, length, BLOCK_SIZE):
+            cols = start + tl.arange(0, BLOCK_SIZE)
+            kt = _load_rows(k_ptr, base, cols, length, D, BD)
+            s = _scores(qt, kt, valid_ptr, vbase, rows, cols, length, scale, HAS_VALID, PRECISION)
+            dp = tl.dot(grad_o, tl.trans(_load_rows(v_ptr, base, cols, length, D, BD)), input_precision=PRECISION)
+            ds = _score_grad(s, dp, rows, cols, r_ptr, c_ptr, ar_ptr, ac_ptr, obase, plane, length, steps)
+            acc += tl.dot(ds.to(kt.dtype), kt, input_precision=PRECISION)
+        _store_rows(dq_ptr, base, rows, length, acc * scale, D, BD)
+
+    @triton.jit
+    def _key_grad(q_ptr, k_ptr, v_ptr, do_ptr, valid_ptr, r_ptr, c_ptr, ar_ptr, ac_ptr, dk_ptr, heads, length,
+                  steps, scale, HAS_VALID: tl.constexpr, D: tl.constexpr, BD: tl.constexpr,
+                  BLOCK_SIZE: tl.constexpr, PRECISION: tl.constexpr):  # fmt: skip
+        """dK = dS^T Q / sqrt(d) for one key tile."""
+        cols = tl.program_id(0) * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)
+        bh = tl.program_id(1)
+        base, vbase, obase = bh * length * D, (bh // heads) * length, bh * length
+        plane = tl.num_programs(1) * length
+        kt = _load_rows(k_ptr, base, cols, length, D, BD)
+        vt = _load_rows(v_ptr, base, cols, length, D, BD)
+        acc = tl.zeros((BLOCK_SIZE, BD), tl.float32)
+        for start in range(0, length, BLOCK_SIZE):
+            rows = start + tl.arange(0, BLOCK_SIZE)
+            qt = _load_rows(q_ptr, base, rows, length, D, BD)
+            s = _scores(qt, kt, valid_ptr, vbase, rows, cols, length, scale, HAS_VALID, PRECISION)
+            dp = tl.dot(_load_rows(do_ptr, base, rows, length, D, BD), tl.trans(vt), input_precision=PRECISION)
+            ds = _score_grad(s, dp, rows, cols, r_ptr, c_ptr, ar_ptr, ac_ptr, obase, plane, length, steps)
+            acc += tl.dot(tl.trans(ds).to(qt.dtype), qt, input_precision=PRECISION)
+        _store_rows(dk_ptr, base, cols, length, acc * scale, D, BD)
+
+
+def _launch_settings(q: torch.Tensor, valid: torch.Tensor | None) -> tuple[tuple[int, int], dict, torch.Tensor]:
+    """Grid (tiles, batch * heads), the kernels' constexpr arguments and the padding mask as int8 (a dummy if none)."""
+    batch, heads, length, dim = q.shape
+    flat_valid = valid.to(torch.int8).contiguous() if valid is not None else q.new_zeros(1, dtype=torch.int8)
+    grid = (triton.cdiv(length, BLOCK), batch * heads)
+    common = dict(
+        HAS_VALID=valid is not None,
+        D=dim,
+        BD=max(16, triton.next_power_of_2(dim)),
+        BLOCK_SIZE=BLOCK,
+        # float32 products in full float32, as torch.matmul (the chunked path) computes them, not TF32
+        PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
+    )
+    return grid, common, flat_valid
 
 
 def triton_forward(
@@ -138,11 +295,9 @@ def triton_forward(
     """Output (B, H, L, D) and the balancing vectors (steps, B, H, L), float32, as the chunked path defines them."""
     batch, heads, length, dim = q.shape
     q, k, v = (t.contiguous() for t in (q, k, v))
-    flat_valid = valid.to(torch.int8).contiguous() if valid is not None else q.new_zeros(1, dtype=torch.int8)
+    grid, common, flat_valid = _launch_settings(q, valid)
     vectors = torch.zeros(steps, batch, heads, length, device=q.device, dtype=torch.float32)
     zeros = torch.zeros(batch, heads, length, device=q.device, dtype=torch.float32)
-    grid = (triton.cdiv(length, BLOCK), batch * heads)
-    common = dict(HAS_VALID=valid is not None, D=dim, BD=max(16, triton.next_power_of_2(dim)), BLOCK_SIZE=BLOCK)
     scale = dim**-0.5
     r, c = zeros, zeros
     for step in range(steps):
@@ -157,21 +312,74 @@ def triton_forward(
     return out, vectors
 
 
-class TritonForwardSinkformer(_NonCausalSinkformer):
-    """The Triton forward with the chunked path's backward (same saved tensors, same gradient)."""
+def step_offsets(vectors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(r_t, c_t) of the matrix after each step t, both (steps, B, H, L): step t replaces one of the two (odd steps,
+    counted from 1, are rows) and keeps the other; before the first column step c is 0."""
+    rows, cols, r, c = [], [], torch.zeros_like(vectors[0]), torch.zeros_like(vectors[0])
+    for step, vector in enumerate(vectors):
+        r, c = (vector, c) if step % 2 == 0 else (r, vector)
+        rows.append(r)
+        cols.append(c)
+    return torch.stack(rows), torch.stack(cols)
+
+
+def triton_backward(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    out: torch.Tensor,
+    valid: torch.Tensor | None,
+    vectors: torch.Tensor,
+    grad_out: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """dQ, dK, dV of the Sinkformer output, from the forward's output and float32 balancing vectors."""
+    steps, (batch, heads, length, dim) = vectors.shape[0], q.shape
+    q, k, v, grad_out = (t.contiguous() for t in (q, k, v, grad_out))
+    grid, common, flat_valid = _launch_settings(q, valid)
+    scale = dim**-0.5
+    r, c = step_offsets(vectors)
+    # adjoints[t]: of the vector of step t (1-based); adjoints[0] is of the constant c = 0 before any column step.
+    adjoints = torch.zeros(steps + 1, batch, heads, length, device=q.device, dtype=torch.float32)
+    row_total = -(grad_out.float() * out.float()).sum(-1)
+    col_total = torch.empty_like(row_total)
+    grad_v = torch.empty_like(v)
+    _value_grad[grid](q, k, v, grad_out, flat_valid, r[-1], c[-1], grad_v, col_total, heads, length, scale, **common)
+    adjoints[steps] = row_total if steps % 2 == 1 else col_total
+    adjoints[steps - 1] = col_total if steps % 2 == 1 else row_total
+    for t in range(steps, 1, -1):  # step t read the other vector of step t - 1
+        kernel = _column_adjoint if t % 2 == 1 else _row_adjoint
+        kernel[grid](q, k, flat_valid, r[t - 1], c[t - 1], adjoints[t], adjoints[t - 1], heads, length, scale, **common)
+    on_rows = (torch.arange(steps, device=q.device) % 2 == 0)[:, None, None, None]
+    row_adjoints = torch.where(on_rows, adjoints[1:], 0.0).contiguous()
+    col_adjoints = torch.where(on_rows, 0.0, adjoints[1:]).contiguous()
+    grad_q, grad_k = torch.empty_like(q), torch.empty_like(k)
+    shared = (grad_out, flat_valid, r, c, row_adjoints, col_adjoints)
+    _query_grad[grid](q, k, v, *shared, grad_q, heads, length, steps, scale, **common)
+    _key_grad[grid](q, k, v, *shared, grad_k, heads, length, steps, scale, **common)
+    return grad_q, grad_k, grad_v
+
+
+class TritonSinkformer(torch.autograd.Function):
+    """Non-causal Sinkformer attention, forward and backward in the Triton kernels above."""
 
     @staticmethod
-    def forward(ctx, q, k, v, valid, steps, tile):
+    def forward(ctx, q, k, v, valid, steps):
         out, vectors = triton_forward(q, k, v, valid, steps)
-        ctx.save_for_backward(q, k, v, out, valid, vectors.to(q.dtype))
-        ctx.steps, ctx.tile = steps, tile
+        ctx.save_for_backward(q, k, v, out, valid, vectors)
         return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out):
+        q, k, v, out, valid, vectors = ctx.saved_tensors
+        return (*triton_backward(q, k, v, out, valid, vectors, grad_out), None, None)
 
 
 def triton_sinkformer(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, valid: torch.Tensor | None, steps: int
 ) -> torch.Tensor:
-    """Non-causal Sinkformer with the Triton forward; the backward is the chunked path's."""
+    """Non-causal Sinkformer for (B, H, L, D) inputs, ``valid`` (B, L) bool marking real tokens (None = all real);
+    the chunked path's values and gradients, in Triton kernels."""
     if steps < 1:
         raise ValueError(f"sinkformer: iterations must be >= 1, got {steps}")
-    return TritonForwardSinkformer.apply(q, k, v, valid, steps, DEFAULT_TILE)
+    return TritonSinkformer.apply(q, k, v, valid, steps)

@@ -16,7 +16,8 @@ Complexity: O(iterations * L^2) time. Two paths give the same values and gradien
 matrix and balances it (``log_sinkhorn``, the CPU's compiled kernel), O(L^2) memory; the chunked one keeps only
 per-row and per-column vectors and recomputes the scores tile by tile in every pass (``_sinkformer_chunked``), O(L)
 memory beyond a tile. The dense path runs on the CPU below ``CHUNKED_FROM_LENGTH``, the chunked one elsewhere; on
-CUDA the non-causal forward is a Triton kernel (``_sinkformer_triton``) with the chunked backward.
+CUDA the non-causal path, forward and backward, runs as Triton kernels of the same recursion (``_sinkformer_triton``),
+and the causal one stays chunked.
 
 Parameters: ``iterations`` (Sinkhorn normalization steps, >= 1; 1 = softmax attention).
 """

@@ -1,7 +1,10 @@
-"""The Triton forward of the non-causal Sinkformer, run on the CPU under Triton's interpreter, against the chunked and
-dense paths (values, balancing vectors, and the gradient through its backward)."""
+"""The Triton kernels of the non-causal Sinkformer, forward and backward: values and gradients against the chunked path
+and against the dense balancing of the full score matrix. Under Triton's interpreter (no GPU) on CPU tensors; on CUDA
+tensors where a GPU is present and ``TRITON_INTERPRET`` is not 1."""
 
 from __future__ import annotations
+
+import os
 
 import pytest
 import torch
@@ -10,36 +13,91 @@ pytest.importorskip("triton")  # tests/conftest.py sets TRITON_INTERPRET=1 befor
 
 from attentions import _sinkformer_triton as kernels  # noqa: E402
 from attentions._sinkformer_chunked import chunked_sinkformer  # noqa: E402
+from attentions.sinkhorn.reference import reference_log_sinkhorn  # noqa: E402
 
-HEADS = 2
-
-
-def inputs(length: int, dim: int, seed: int = 0) -> list[torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    return [torch.randn(2, HEADS, length, dim, generator=g).requires_grad_() for _ in range(3)]
+DEVICE = "cuda" if torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1" else "cpu"
+# The interpreter evaluates in numpy, which warns where the kernels compute exp(-inf) and discard it.
+pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
 
 
-@pytest.mark.parametrize("iterations", [1, 2, 3])
+def inputs(length: int, dim: int, heads: int = 2) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    return [torch.randn(2, heads, length, dim, generator=g).to(DEVICE).requires_grad_() for _ in range(3)]
+
+
+def padding_mask(length: int) -> torch.Tensor:
+    """Sequence 0 padded from position 9 on, sequence 1 its first 3 positions."""
+    valid = torch.ones(2, length, dtype=torch.bool, device=DEVICE)
+    valid[0, 9:] = False
+    valid[1, :3] = False
+    return valid
+
+
+def upstream_like(x: torch.Tensor) -> torch.Tensor:
+    return torch.randn(x.shape, generator=torch.Generator().manual_seed(1)).to(DEVICE)
+
+
+def dense_sinkformer(q, k, v, valid, steps) -> torch.Tensor:
+    """The definition: the full (L, L) score matrix balanced by the operator reference, exp, masked entries 0, @ V."""
+    allowed = None if valid is None else (valid[:, :, None] & valid[:, None, :])[:, None]
+    scores = q @ k.transpose(-1, -2) * q.shape[-1] ** -0.5
+    p = reference_log_sinkhorn(scores, steps, mask=allowed).exp()
+    return (p if allowed is None else p.masked_fill(~allowed, 0.0)) @ v
+
+
+def values_and_grads(fn, q, k, v, upstream) -> list[torch.Tensor]:
+    out = fn(q, k, v)
+    return [out, *torch.autograd.grad(out, (q, k, v), upstream)]
+
+
+def assert_tight(got: torch.Tensor, want: torch.Tensor, name: str) -> None:
+    """Float32 rounding only: within 2e-6 of the reference's largest entry plus 1e-5 of each entry."""
+    scale = want.abs().max().item()
+    torch.testing.assert_close(got.to(want.dtype), want, atol=2e-6 * scale, rtol=1e-5, msg=lambda m: f"{name}: {m}")
+
+
+@pytest.mark.parametrize(("length", "dim", "heads"), [(16, 16, 2), (40, 24, 1)])
+@pytest.mark.parametrize("steps", [1, 2, 5])
 @pytest.mark.parametrize("padded", [False, True])
-def test_triton_forward_equals_chunked_path(iterations, padded):
-    """A length (21) that is not a multiple of the 16-wide tile and a head width (12) below the padded 16."""
-    length, dim = 21, 12
+def test_values_and_gradients_equal_chunked_and_dense(length, dim, heads, steps, padded):
+    """L = 40 is not a multiple of the 16-wide tile and D = 24 pads to 32 (one head there: the interpreter is slow).
+    Padding: sequence 0 from position 9 on (at L = 40 its last two tiles hold no real token at all), sequence 1 its
+    first 3 positions. The dense reference runs in float64, so it checks the kernels' float32 rounding, not only their
+    agreement with the chunked path."""
+    q, k, v = inputs(length, dim, heads)
+    valid = padding_mask(length) if padded else None
+    upstream = upstream_like(q)
+    got = values_and_grads(lambda *t: kernels.triton_sinkformer(*t, valid, steps), q, k, v, upstream)
+    chunked = values_and_grads(lambda *t: chunked_sinkformer(*t, valid, steps, causal=False, tile=7), q, k, v, upstream)
+    exact = values_and_grads(
+        lambda *t: dense_sinkformer(*t, valid, steps), *(t.detach().double().requires_grad_() for t in (q, k, v)),
+        upstream.double(),
+    )  # fmt: skip
+    for name, a, b, c in zip(("out", "dq", "dk", "dv"), got, chunked, exact, strict=True):
+        assert_tight(a, b, f"{name} against the chunked path")
+        assert_tight(a, c, f"{name} against the dense float64 reference")
+    if padded:
+        padding = ~valid[:, None, :, None].expand_as(q)
+        for name, tensor in zip(("out", "dq", "dk", "dv"), got, strict=True):
+            assert tensor[padding].abs().max() == 0, f"{name} is not exactly 0 at padded positions"
+
+
+def test_fully_padded_sequence_gives_zeros():
+    """A sequence with no real token beside a real one: zeros out and zero gradients there, no NaN anywhere."""
+    length, dim, steps = 16, 16, 3
     q, k, v = inputs(length, dim)
-    mask = None
-    if padded:
-        mask = torch.ones(2, length, dtype=torch.bool)
-        mask[0, 14:] = False
-        mask[1, :3] = False
-    upstream = torch.randn(q.shape, generator=torch.Generator().manual_seed(1))
-    want = chunked_sinkformer(q, k, v, mask, iterations, causal=False, tile=7)
-    got = kernels.triton_sinkformer(q, k, v, mask, iterations)
-    torch.testing.assert_close(got, want, atol=2e-5, rtol=1e-4)
-    for a, b in zip(
-        torch.autograd.grad(got, (q, k, v), upstream), torch.autograd.grad(want, (q, k, v), upstream), strict=True
-    ):
-        torch.testing.assert_close(a, b, atol=2e-5, rtol=1e-4)
-    if padded:
-        assert got[~mask[:, None, :, None].expand_as(q)].abs().max() == 0
+    valid = torch.ones(2, length, dtype=torch.bool, device=DEVICE)
+    valid[1] = False
+    upstream = upstream_like(q)
+    got = values_and_grads(lambda *t: kernels.triton_sinkformer(*t, valid, steps), q, k, v, upstream)
+    alone = values_and_grads(
+        lambda *t: kernels.triton_sinkformer(*t, None, steps), *(t[:1].detach().requires_grad_() for t in (q, k, v)),
+        upstream[:1],
+    )  # fmt: skip
+    for name, tensor, single in zip(("out", "dq", "dk", "dv"), got, alone, strict=True):
+        assert torch.isfinite(tensor).all(), name
+        assert tensor[1].abs().max() == 0, f"{name} of the padded sequence"
+        assert_tight(tensor[:1], single, f"{name} of the real sequence beside a padded one")
 
 
 def test_vectors_balance_the_matrix():
@@ -52,6 +110,20 @@ def test_vectors_balance_the_matrix():
     for steps in (2, 8):
         _, vectors = kernels.triton_forward(q, k, q, None, steps)
         p = torch.exp(scores - vectors[-2][..., :, None] - vectors[-1][..., None, :])
-        torch.testing.assert_close(p.sum(-2), torch.ones(p.shape[:-1]), atol=1e-5, rtol=0)
+        torch.testing.assert_close(p.sum(-2), torch.ones_like(p[..., 0]), atol=1e-5, rtol=0)
         row_error.append((p.sum(-1) - 1).abs().max())
     assert row_error[1] < row_error[0] / 4
+
+
+def test_step_offsets_follow_the_alternation():
+    """Step t's (r, c): the vector it wrote and the other one as the last step before it left it (c = 0 at first)."""
+    vectors = torch.arange(1.0, 4.0)[:, None].expand(3, 5)  # steps 1 (rows), 2 (columns), 3 (rows)
+    rows, cols = kernels.step_offsets(vectors)
+    assert rows[:, 0].tolist() == [1.0, 1.0, 3.0]
+    assert cols[:, 0].tolist() == [0.0, 2.0, 2.0]
+
+
+def test_invalid_iterations_named():
+    q, k, v = inputs(16, 16)
+    with pytest.raises(ValueError, match="iterations must be >= 1"):
+        kernels.triton_sinkformer(q, k, v, None, 0)
