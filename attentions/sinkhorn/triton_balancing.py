@@ -2,7 +2,8 @@
 
 Written in operators, ten balancing steps forward and backward are about a hundred small kernels per layer on the
 sinkhorn family's (blocks x blocks) sort matrices, so on a GPU their time is launch overhead. Here one program balances
-one matrix with the whole matrix in registers (n up to ``MAX_N``; larger matrices keep ``reference_log_sinkhorn``).
+one matrix with the whole matrix in registers (n up to ``MAX_N``; ``triton_tiled_balancing`` streams larger ones through
+global memory in tiles, sharing this module's jit helpers).
 
 The forward keeps only what each step subtracted (its normalizer): a vector per row or column step, and for a causal
 (prefix) step its (n, n) prefix logsumexps. The backward replays the step matrices from the masked input and those
@@ -31,7 +32,7 @@ from torch.autograd.function import once_differentiable
 
 from attentions._blocks import kernel_mask
 
-MAX_N = 128  # one program holds the whole (tile x tile) matrix; beyond this the registers would spill
+MAX_N = 128  # one program holds the whole (tile x tile) matrix; beyond this the registers would spill (tiled kernels)
 _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
@@ -224,6 +225,27 @@ def _backward(
     tl.store(d_ptr + m * nn + at, g.to(d_ptr.dtype.element_ty), mask=inside)
 
 
+def flat_kernel_mask(mask: torch.Tensor | None, shape: torch.Size) -> tuple[torch.Tensor | None, int]:
+    """``mask`` as the kernels read it: uint8 (1 or matrices, n, n), and the stride between matrices (0: shared)."""
+    if mask is None:
+        return None, 0
+    n = shape[-1]
+    flat = kernel_mask(mask, tuple(shape[:-2]), (n, n)).view(torch.uint8)
+    return flat, 0 if flat.shape[0] == 1 else n * n
+
+
+def normalizer_buffers(
+    x: torch.Tensor, steps: int, causal: bool, kept: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """What the forward records for the backward of ``x`` (matrices, n, n), float32: each row step's (n,) normalizer,
+    each column step's (n,) or each prefix step's (n, n) prefix logsumexps; empty where nothing is kept."""
+    matrices, n = x.shape[0], x.shape[-1]
+    rows = x.new_empty((matrices, (steps + 1) // 2, n) if kept else (0,), dtype=torch.float32)
+    cols = x.new_empty((matrices, steps // 2, n) if kept and not causal else (0,), dtype=torch.float32)
+    prefix = x.new_empty((matrices, steps // 2, n, n) if kept and causal else (0,), dtype=torch.float32)
+    return rows, cols, prefix
+
+
 def _launch_shape(n: int) -> tuple[int, int]:
     """The power-of-two tile that holds an (n, n) matrix, and the warps that share it."""
     tile = max(2, triton.next_power_of_2(n))
@@ -236,13 +258,10 @@ class _TritonLogSinkhorn(torch.autograd.Function):
         shape, n = log_alpha.shape, log_alpha.shape[-1]
         x = log_alpha.reshape(-1, n, n).contiguous()
         matrices = x.shape[0]
-        flat_mask = None if mask is None else kernel_mask(mask, tuple(shape[:-2]), (n, n)).view(torch.uint8)
-        mask_stride = 0 if flat_mask is None or flat_mask.shape[0] == 1 else n * n
+        flat_mask, mask_stride = flat_kernel_mask(mask, shape)
         out = torch.empty_like(x)
         kept = record and steps > 0
-        rows = x.new_empty((matrices, (steps + 1) // 2, n) if kept else (0,), dtype=torch.float32)
-        cols = x.new_empty((matrices, steps // 2, n) if kept and not causal else (0,), dtype=torch.float32)
-        prefix = x.new_empty((matrices, steps // 2, n, n) if kept and causal else (0,), dtype=torch.float32)
+        rows, cols, prefix = normalizer_buffers(x, steps, causal, kept)
         tile, warps = _launch_shape(n)
         if matrices:
             _forward[(matrices,)](
