@@ -86,7 +86,8 @@ def _safe_lse(x, axis: tl.constexpr):
 @triton.jit
 def _prefix_pairs(x):
     """Per entry, the online pair of its column's rows up to and including it ((-inf, 0) while nothing is allowed)."""
-    return tl.associative_scan((x, tl.where(x == float("-inf"), 0.0, 1.0)), 0, _lse_combine)
+    top, total = tl.associative_scan((x, tl.where(x == float("-inf"), 0.0, 1.0)), 0, _lse_combine)
+    return top, total
 
 
 @triton.jit

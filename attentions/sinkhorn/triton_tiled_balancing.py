@@ -3,7 +3,7 @@
 
 At 64K tokens and block 64 the sort matrices are 1024 x 1024; in operators, ten steps forward and backward are about a
 hundred launches per layer. Here one program still balances one matrix, but the matrix lives in a float32 scratch copy
-in global memory and every step streams it in (tile x tile) pieces (``tile`` <= 128, a power of two):
+in global memory and every step streams it in (tile x tile) pieces (``tile`` a power of two from 16 to 128):
 
 * a row step reduces each band of ``tile`` rows across its column tiles (an online logsumexp), then subtracts;
 * a column step does the same down each band of ``tile`` columns;
@@ -27,6 +27,8 @@ steps^2 / 4 reads of n^2 floats per matrix in the backward), which is the price 
 
 Off a GPU the kernels run under Triton's interpreter (``TRITON_INTERPRET=1``) on CPU tensors, which is how the tests
 pin them against the reference with small tiles. ``ATTNBENCH_TRITON_CUDA=0`` switches them off with the others.
+These kernels have not yet run on a GPU, only under the interpreter (where the barriers between steps do nothing and
+registers are no limit): compiling them, their register use at the default tile and their speed are unchecked.
 """
 
 from __future__ import annotations
