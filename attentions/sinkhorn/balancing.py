@@ -9,14 +9,15 @@ Sinkhorn Balancing in a leak-free form: a column is normalized by its prefix ove
 row i never depends on any later row; row normalization only involves row i itself.
 
 Here ``log_sinkhorn`` picks the path: on the CPU a compiled kernel (``cpu``), on CUDA two Triton kernels
-(``triton_balancing``) up to their largest matrix, elsewhere the operator form (``reference``), which is the oracle of
-both.
+(``triton_balancing`` for matrices that fit one program's registers, ``triton_tiled_balancing`` for larger ones up to
+its largest), elsewhere the operator form (``reference``), which is the oracle of all of them.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import os
+from collections.abc import Callable
 
 import torch
 
@@ -33,8 +34,10 @@ def log_sinkhorn(
 
     On the CPU (float32, float64) it runs the compiled kernel (``csrc/log_sinkhorn.cpp``, module ``cpu``):
     the matrices of the sinkhorn family are small (blocks x blocks), so per-operator cost, not arithmetic, was most of
-    their time in torch operators. On CUDA, for n up to ``triton_balancing.MAX_N``, it runs the two Triton kernels of
-    ``triton_balancing`` (every step in one launch each way; ``ATTNBENCH_TRITON_CUDA=0`` switches them off).
+    their time in torch operators. On CUDA it runs two Triton kernels, every step in one launch each way: for n up to
+    ``triton_balancing.MAX_N`` those of ``triton_balancing`` (the matrix in registers), above that up to
+    ``triton_tiled_balancing.MAX_TILED_N`` those of ``triton_tiled_balancing`` (the matrix streamed in tiles);
+    ``ATTNBENCH_TRITON_CUDA=0`` switches both off.
     Elsewhere, or where a kernel cannot be used, it is ``reference_log_sinkhorn``.
     """
     if steps < 0:
@@ -43,18 +46,22 @@ def log_sinkhorn(
         return reference_log_sinkhorn(log_alpha, steps, mask=mask, causal=causal)
     if log_alpha.device.type == "cpu":
         return cpu_log_sinkhorn(log_alpha, steps, mask, causal)
-    if log_alpha.is_cuda and _triton_applies(log_alpha):
-        from attentions.sinkhorn import triton_balancing
-
-        return triton_balancing.triton_log_sinkhorn(log_alpha, steps, mask=mask, causal=causal)
+    kernel = _triton_kernel(log_alpha) if log_alpha.is_cuda else None
+    if kernel is not None:
+        return kernel(log_alpha, steps, mask=mask, causal=causal)
     return reference_log_sinkhorn(log_alpha, steps, mask=mask, causal=causal)
 
 
-def _triton_applies(x: torch.Tensor) -> bool:
-    """Whether the Triton kernels take ``x``; triton is imported only here, on the first CUDA call (importing it
-    earlier would fix its interpreter setting before a test can choose it)."""
+def _triton_kernel(x: torch.Tensor) -> Callable[..., torch.Tensor] | None:
+    """The Triton balancing that takes ``x``, or None: the one-program kernels up to ``triton_balancing.MAX_N``, the
+    tiled ones up to ``triton_tiled_balancing.MAX_TILED_N``. triton is imported only here, on the first CUDA call
+    (importing it earlier would fix its interpreter setting before a test can choose it)."""
     if os.environ.get("ATTNBENCH_TRITON_CUDA", "1") == "0" or importlib.util.find_spec("triton") is None:
-        return False
-    from attentions.sinkhorn import triton_balancing
+        return None
+    from attentions.sinkhorn import triton_balancing, triton_tiled_balancing
 
-    return triton_balancing.applies(x)
+    if triton_balancing.applies(x):
+        return triton_balancing.triton_log_sinkhorn
+    if triton_tiled_balancing.applies(x):
+        return triton_tiled_balancing.tiled_log_sinkhorn
+    return None

@@ -2,7 +2,8 @@
 
 Written in operators, ten balancing steps forward and backward are about a hundred small kernels per layer on the
 sinkhorn family's (blocks x blocks) sort matrices, so on a GPU their time is launch overhead. Here one program balances
-one matrix with the whole matrix in registers (n up to ``MAX_N``; larger matrices keep ``reference_log_sinkhorn``).
+one matrix with the whole matrix in registers (n up to ``MAX_N``; ``triton_tiled_balancing`` streams larger ones through
+global memory in tiles, sharing this module's jit helpers).
 
 The forward keeps only what each step subtracted (its normalizer): a vector per row or column step, and for a causal
 (prefix) step its (n, n) prefix logsumexps. The backward replays the step matrices from the masked input and those
@@ -31,7 +32,7 @@ from torch.autograd.function import once_differentiable
 
 from attentions._blocks import kernel_mask
 
-MAX_N = 128  # one program holds the whole (tile x tile) matrix; beyond this the registers would spill
+MAX_N = 128  # one program holds the whole (tile x tile) matrix; beyond this the registers would spill (tiled kernels)
 _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
@@ -61,19 +62,78 @@ def _affine_combine(c1, a1, c2, a2):
 
 
 @triton.jit
-def _safe_lse(x, axis: tl.constexpr):
-    """logsumexp of ``x`` along ``axis``; 0 (not -inf) where everything is -inf, so subtracting it changes nothing."""
+def _lse_partial(x, axis: tl.constexpr):
+    """logsumexp of ``x`` along ``axis`` as an online pair (max, sum of exp(x - max)); (-inf, 0) where all is -inf."""
     top = tl.max(x, axis=axis)
     shift = tl.where(top == float("-inf"), 0.0, top)
-    total = tl.sum(tl.exp(x - tl.expand_dims(shift, axis)), axis=axis)
-    return tl.where(total > 0, shift + tl.log(total), 0.0)
+    return top, tl.sum(tl.exp(x - tl.expand_dims(shift, axis)), axis=axis)
+
+
+@triton.jit
+def _lse_value(top, total):
+    """The logsumexp an online pair stands for; 0 (not -inf) for a pair of nothing, so subtracting it changes
+    nothing."""
+    return tl.where(total > 0, top + tl.log(total), 0.0)
+
+
+@triton.jit
+def _safe_lse(x, axis: tl.constexpr):
+    """logsumexp of ``x`` along ``axis``; 0 (not -inf) where everything is -inf, so subtracting it changes nothing."""
+    top, total = _lse_partial(x, axis)
+    return _lse_value(top, total)
+
+
+@triton.jit
+def _prefix_pairs(x):
+    """Per entry, the online pair of its column's rows up to and including it ((-inf, 0) while nothing is allowed)."""
+    top, total = tl.associative_scan((x, tl.where(x == float("-inf"), 0.0, 1.0)), 0, _lse_combine)
+    return top, total
 
 
 @triton.jit
 def _prefix_lse(x):
     """Per entry, the logsumexp of its column over the rows up to and including it (-inf while nothing is allowed)."""
-    top, total = tl.associative_scan((x, tl.where(x == float("-inf"), 0.0, 1.0)), 0, _lse_combine)
+    top, total = _prefix_pairs(x)
     return top + tl.log(total)
+
+
+@triton.jit
+def _load_input(x_ptr, mask_ptr, at, inside, HAS_MASK: tl.constexpr):
+    """The input at offsets ``at`` in float32, -inf outside the matrix and where the mask forbids; and where it is
+    allowed (``x_ptr`` and ``mask_ptr`` point at this matrix's first entry)."""
+    allowed = inside
+    if HAS_MASK:
+        allowed = allowed & (tl.load(mask_ptr + at, mask=inside, other=0) != 0)
+    x = tl.load(x_ptr + at, mask=inside, other=0.0).to(tl.float32)
+    return tl.where(allowed, x, float("-inf")), allowed
+
+
+@triton.jit
+def _replay(y, rows_ptr, cols_ptr, prefix_ptr, m, n, steps, s, rr, cc, at, inside, CAUSAL: tl.constexpr):
+    """Step ``s``'s output on the rows ``rr`` and columns ``cc`` (offsets ``at``) of matrix ``m``: the masked input
+    ``y`` less the normalizers of steps 0..s, subtracted one by one as the forward did (so bit for bit its values)."""
+    row_steps = (steps + 1) // 2
+    pair_steps = steps // 2
+    for u in range(s + 1):
+        if u % 2 == 0:
+            y = y - tl.load(rows_ptr + (m * row_steps + u // 2) * n + rr, mask=rr < n, other=0.0)[:, None]
+        else:
+            if CAUSAL:
+                prefix = tl.load(prefix_ptr + (m * pair_steps + u // 2) * n * n + at, mask=inside, other=0.0)
+                y = y - tl.where(prefix == float("-inf"), 0.0, prefix)
+            else:
+                y = y - tl.load(cols_ptr + (m * pair_steps + u // 2) * n + cc, mask=cc < n, other=0.0)[None, :]
+    return y
+
+
+@triton.jit
+def _prefix_carry(prefix_ptr, at, inside, r, n):
+    """exp(P_r - P_{r+1}) at offsets ``at`` (rows ``r``) of one recorded prefix matrix: how much of row r+1's
+    accumulated gradient carries up into row r in a prefix step's backward. P only grows down a column; nothing
+    carries up into a prefix of nothing or past the last row."""
+    here = tl.load(prefix_ptr + at, mask=inside, other=float("-inf"))
+    below = tl.load(prefix_ptr + at + n, mask=inside & (r + 1 < n), other=float("-inf"))
+    return tl.where((here == float("-inf")) | (r + 1 >= n), 0.0, tl.exp(here - below))
 
 
 @triton.jit
@@ -99,9 +159,7 @@ def _forward(
     inside = (r < n) & (c < n)
     at = r * n + c
     nn = n * n
-    x = tl.load(x_ptr + m * nn + at, mask=inside, other=float("-inf")).to(tl.float32)
-    if HAS_MASK:
-        x = tl.where(tl.load(mask_ptr + m * mask_stride + at, mask=inside, other=0) != 0, x, float("-inf"))
+    x, _ = _load_input(x_ptr + m * nn, mask_ptr + m * mask_stride, at, inside, HAS_MASK)
     row_steps = (steps + 1) // 2
     pair_steps = steps // 2
     for s in range(steps):
@@ -148,41 +206,45 @@ def _backward(
     inside = (r < n) & (c < n)
     at = r * n + c
     nn = n * n
-    allowed = inside
-    if HAS_MASK:
-        allowed = allowed & (tl.load(mask_ptr + m * mask_stride + at, mask=inside, other=0) != 0)
-    x0 = tl.where(allowed, tl.load(x_ptr + m * nn + at, mask=inside, other=0.0).to(tl.float32), float("-inf"))
+    x0, allowed = _load_input(x_ptr + m * nn, mask_ptr + m * mask_stride, at, inside, HAS_MASK)
     g = tl.where(allowed, tl.load(grad_ptr + m * nn + at, mask=inside, other=0.0).to(tl.float32), 0.0)
-    row_steps = (steps + 1) // 2
     pair_steps = steps // 2
     for back in range(steps):
         s = steps - 1 - back
-        y = x0  # replay step s's output from the input and the normalizers, as the forward computed it
-        for u in range(s + 1):
-            if u % 2 == 0:
-                y = y - tl.load(rows_ptr + (m * row_steps + u // 2) * n + i, mask=i < n, other=0.0)[:, None]
-            else:
-                if CAUSAL:
-                    prefix = tl.load(prefix_ptr + (m * pair_steps + u // 2) * nn + at, mask=inside, other=0.0)
-                    y = y - tl.where(prefix == float("-inf"), 0.0, prefix)
-                else:
-                    y = y - tl.load(cols_ptr + (m * pair_steps + u // 2) * n + i, mask=i < n, other=0.0)[None, :]
+        y = _replay(x0, rows_ptr, cols_ptr, prefix_ptr, m, n, steps, s, i, i, at, inside, CAUSAL)
         p = tl.exp(y)  # 0 where masked
         if s % 2 == 0:
             g = g - p * tl.sum(g, axis=1)[:, None]
         else:
             if CAUSAL:
-                base = prefix_ptr + (m * pair_steps + s // 2) * nn
-                here = tl.load(base + at, mask=inside, other=float("-inf"))
-                below = tl.load(base + at + n, mask=inside & (r + 1 < n), other=float("-inf"))
-                # P only grows down a column; nothing carries up into a prefix of nothing or past the last row
-                carry = tl.where((here == float("-inf")) | (r + 1 >= n), 0.0, tl.exp(here - below))
+                carry = _prefix_carry(prefix_ptr + (m * pair_steps + s // 2) * nn, at, inside, r, n)
                 _, acc = tl.associative_scan((carry, g), 0, _affine_combine, reverse=True)
                 g = g - p * acc
             else:
                 g = g - p * tl.sum(g, axis=0)[None, :]
     g = tl.where(allowed, g, 0.0)
     tl.store(d_ptr + m * nn + at, g.to(d_ptr.dtype.element_ty), mask=inside)
+
+
+def flat_kernel_mask(mask: torch.Tensor | None, shape: torch.Size) -> tuple[torch.Tensor | None, int]:
+    """``mask`` as the kernels read it: uint8 (1 or matrices, n, n), and the stride between matrices (0: shared)."""
+    if mask is None:
+        return None, 0
+    n = shape[-1]
+    flat = kernel_mask(mask, tuple(shape[:-2]), (n, n)).view(torch.uint8)
+    return flat, 0 if flat.shape[0] == 1 else n * n
+
+
+def normalizer_buffers(
+    x: torch.Tensor, steps: int, causal: bool, kept: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """What the forward records for the backward of ``x`` (matrices, n, n), float32: each row step's (n,) normalizer,
+    each column step's (n,) or each prefix step's (n, n) prefix logsumexps; empty where nothing is kept."""
+    matrices, n = x.shape[0], x.shape[-1]
+    rows = x.new_empty((matrices, (steps + 1) // 2, n) if kept else (0,), dtype=torch.float32)
+    cols = x.new_empty((matrices, steps // 2, n) if kept and not causal else (0,), dtype=torch.float32)
+    prefix = x.new_empty((matrices, steps // 2, n, n) if kept and causal else (0,), dtype=torch.float32)
+    return rows, cols, prefix
 
 
 def _launch_shape(n: int) -> tuple[int, int]:
@@ -197,13 +259,10 @@ class _TritonLogSinkhorn(torch.autograd.Function):
         shape, n = log_alpha.shape, log_alpha.shape[-1]
         x = log_alpha.reshape(-1, n, n).contiguous()
         matrices = x.shape[0]
-        flat_mask = None if mask is None else kernel_mask(mask, tuple(shape[:-2]), (n, n)).view(torch.uint8)
-        mask_stride = 0 if flat_mask is None or flat_mask.shape[0] == 1 else n * n
+        flat_mask, mask_stride = flat_kernel_mask(mask, shape)
         out = torch.empty_like(x)
         kept = record and steps > 0
-        rows = x.new_empty((matrices, (steps + 1) // 2, n) if kept else (0,), dtype=torch.float32)
-        cols = x.new_empty((matrices, steps // 2, n) if kept and not causal else (0,), dtype=torch.float32)
-        prefix = x.new_empty((matrices, steps // 2, n, n) if kept and causal else (0,), dtype=torch.float32)
+        rows, cols, prefix = normalizer_buffers(x, steps, causal, kept)
         tile, warps = _launch_shape(n)
         if matrices:
             _forward[(matrices,)](
