@@ -67,7 +67,7 @@ def _edge_probability(rate):
     return tl.where(rate < 0.25, series, 1.0 - tl.exp(-rate))
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["seed_lo", "seed_hi"])  # one compiled kernel for every seed
 def _draw_graph(
     yb_ptr,
     z_ptr,

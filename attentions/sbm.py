@@ -34,6 +34,21 @@ fastRG path sampling is O(L * clusters + E) for E edges, and only the density re
 clusters) time, block by block in O(L * 128) memory. Attention is O(L^2 * d) in BLAS products on a dense graph and
 O(E * d) on a sparse one. ``trial_metrics()`` reports the realized edge fraction of the last forward.
 
+Where it runs. Everything above is the host-driven forward: the CPU's, and a GPU's where triton is missing or its
+kernel is switched off (``ATTNBENCH_TRITON_CUDA=0``). It loops over row blocks and sequences in Python and reads the
+drawn graph's totals back to the host to choose the sampler and the attention path; on a GPU each of those reads is a
+sync and each piece a few small launches. On CUDA the forward takes the device path instead
+(``SBMAttention._device_attention``): one Triton launch (``_sbm_triton``) draws the whole graph pair by pair with
+the same hash (training and eval; fastRG is not used), its totals (sum of p over allowed pairs, allowed edges, all
+edges) accumulate on the device, and attention is always the dense masked path, batched over every sequence and head
+(rows split into blocks only where the L x L floats of all sequences would pass 1 GiB, a choice made from the shapes).
+Nothing there is chosen from the drawn graph, as that choice needs a count on the host; so a sparse learned graph
+costs O(L^2) per head there, like a dense one. The density regularizer takes its p sum from the device totals; the
+edge fraction stays a device tensor that only ``trial_metrics()`` reads. For one seed the device draw gives the
+graph of the pair-by-pair draw (its p is computed in the tile and may differ from the matrix product's in the last
+bits; an edge can differ only where a uniform falls between the two). The device path has not yet run on a GPU: it
+is tested under Triton's interpreter on CPU tensors.
+
 Parameters: ``clusters`` (block-model clusters per head), ``density`` (weight of the density regularizer, >= 0).
 """
 
@@ -41,7 +56,6 @@ from __future__ import annotations
 
 import functools
 import importlib.util
-import os
 from typing import ClassVar
 
 import torch
@@ -173,16 +187,19 @@ class SBMAttention(Attention):
         return f"{super().extra_repr()}, clusters={self.clusters}, density={self.density}"
 
 
-@functools.cache
-def _triton_installed() -> bool:
-    return importlib.util.find_spec("triton") is not None
+_TRITON_INSTALLED = importlib.util.find_spec("triton") is not None
 
 
+@torch.compiler.disable  # a Python decision (environment, lazy import), not something to trace
 def _device_path(x: torch.Tensor) -> bool:
     """Whether a forward on ``x`` runs the device path (``SBMAttention._device_attention``): a CUDA tensor, triton
-    installed, and not switched off by ``ATTNBENCH_TRITON_CUDA=0``. Triton is not imported here: importing it fixes
-    its interpreter setting."""
-    return x.is_cuda and os.environ.get("ATTNBENCH_TRITON_CUDA", "1") != "0" and _triton_installed()
+    installed, and the kernel not switched off (``ATTNBENCH_TRITON_CUDA=0``). Triton is imported only for a CUDA
+    tensor: importing it fixes its interpreter setting."""
+    if not x.is_cuda or not _TRITON_INSTALLED:
+        return False
+    from attentions import _sbm_triton
+
+    return _sbm_triton.available(x)
 
 
 def _carries(valid: torch.Tensor, b, i, j, causal: bool) -> torch.Tensor:
@@ -206,7 +223,8 @@ def dense_graph(
     the draw does not depend on the thread count) or where p_ij >= 0.5 (eval), on allowed pairs only, and every query
     keeps its self-edge. Rows are drawn a block at a time (``_row_blocks``: the causal upper triangle is never
     computed): on the CPU by ``csrc/sbm_sample.cpp``, one sequence at a time (O(L * 128) floats live); elsewhere by the
-    same hash in torch operators, as many sequences at once as fit ``_REFERENCE_BLOCK`` pairs."""
+    same hash in torch operators, as many sequences at once as fit ``_REFERENCE_BLOCK`` pairs. (The device path on
+    CUDA draws with ``_sbm_triton.draw_graph`` instead, in one launch and without reading the totals back.)"""
     batch, heads, length, _ = yb.shape
     graph = torch.zeros(batch, heads, length, length, dtype=torch.bool, device=yb.device)
     ys, zs, graphs = _flat(yb.contiguous()), _flat(z.contiguous()), _flat(graph)
@@ -442,7 +460,8 @@ def _rate_factors(ys, zs, n, r0, r1, c1):
 
 class _ProbabilitySum(torch.autograd.Function):
     """Sum of p over the allowed pairs. Its value comes from the caller (the p it samples the graph from) or from
-    ``total``; the backward recomputes p block by block from its (L x k) factors instead of keeping an L x L tensor."""
+    ``total``; the backward recomputes p block by block from its (L x k) factors instead of keeping an L x L tensor,
+    per sequence, or with ``batched`` (the device path) for all sequences at once with nothing read back."""
 
     @staticmethod
     def total(yb: torch.Tensor, z: torch.Tensor, valid: torch.Tensor, causal: bool) -> torch.Tensor:
@@ -485,6 +504,8 @@ class _DenseGraphAttention(torch.autograd.Function):
     reaching p_ij equals the score gradient dS_ij = P_ij (dO_i . v_j - dO_i . O_i) on allowed edges. Like a flash
     kernel it keeps only the graph (bool) and each row's log-sum-exp for backward and recomputes the weights there,
     block by block (``_pieces``), with p from its (L x k) factors; causal skips the never-allowed upper triangle.
+    With ``batched`` (the device path) every sequence and head goes through one batched product
+    (``_batched_blocks``), its allowed pairs built on the device from ``valid``: no per-sequence loop, no host read.
     """
 
     @staticmethod
