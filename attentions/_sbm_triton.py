@@ -153,14 +153,15 @@ def draw_graph(
         raise ValueError(f"sbm draw_graph: seed must be in [0, 2^64), got {seed}")
     graph = torch.empty(batch, heads, length, length, dtype=torch.bool, device=yb.device)
     totals = torch.zeros(3, dtype=torch.float64, device=yb.device)
+    flat_graph = graph.view(torch.uint8)
     flat_valid = None if valid is None else valid.to(torch.bool).contiguous().view(torch.uint8)
     tiles = triton.cdiv(length, tile)
     if batch * heads and length:
         _draw_graph[(batch * heads, tiles, tiles)](
             yb.contiguous(),
             z.contiguous(),
-            graph if flat_valid is None else flat_valid,
-            graph.view(torch.uint8),
+            flat_graph if flat_valid is None else flat_valid,  # unread without padding
+            flat_graph,
             totals,
             heads,
             length,
