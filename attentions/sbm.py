@@ -34,12 +34,28 @@ fastRG path sampling is O(L * clusters + E) for E edges, and only the density re
 clusters) time, block by block in O(L * 128) memory. Attention is O(L^2 * d) in BLAS products on a dense graph and
 O(E * d) on a sparse one. ``trial_metrics()`` reports the realized edge fraction of the last forward.
 
+Where it runs. Everything above is the host-driven forward: the CPU's, and a GPU's where triton is missing or its
+kernel is switched off (``ATTNBENCH_TRITON_CUDA=0``). It loops over row blocks and sequences in Python and reads the
+drawn graph's totals back to the host to choose the sampler and the attention path; on a GPU each of those reads is a
+sync and each piece a few small launches. On CUDA the forward takes the device path instead
+(``SBMAttention._device_attention``): one Triton launch (``_sbm_triton``) draws the whole graph pair by pair with
+the same hash (training and eval; fastRG is not used), its totals (sum of p over allowed pairs, allowed edges, all
+edges) accumulate on the device, and attention is always the dense masked path, batched over every sequence and head
+(rows split into blocks only where the L x L floats of all sequences would pass 1 GiB, a choice made from the shapes).
+Nothing there is chosen from the drawn graph, as that choice needs a count on the host; so a sparse learned graph
+costs O(L^2) per head there, like a dense one. The density regularizer takes its p sum from the device totals; the
+edge fraction stays a device tensor that only ``trial_metrics()`` reads. For one seed the device draw gives the
+graph of the pair-by-pair draw (its p is computed in the tile and may differ from the matrix product's in the last
+bits; an edge can differ only where a uniform falls between the two). The device path has not yet run on a GPU: it
+is tested under Triton's interpreter on CPU tensors.
+
 Parameters: ``clusters`` (block-model clusters per head), ``density`` (weight of the density regularizer, >= 0).
 """
 
 from __future__ import annotations
 
 import functools
+import importlib.util
 from typing import ClassVar
 
 import torch
@@ -113,6 +129,8 @@ class SBMAttention(Attention):
         yb, z = self.memberships(q, k)
         valid = key_valid(padding_mask, batch, length, length, q.device)  # (B, L)
         allowed_count = (_allowed_count(valid, self.causal) * heads).clamp(min=1)
+        if _device_path(q):
+            return self._device_attention(q, k, v, yb, z, valid, padding_mask is not None, allowed_count)
         if self.training:
             with torch.no_grad():
                 expected = _expected_edges(yb, z, valid, self.causal)
@@ -122,10 +140,25 @@ class SBMAttention(Attention):
             graph, p_sum, kept, edges = dense_graph(yb, z, valid, self.causal, self.training, draw_seed())
             self._edge_fraction = kept / allowed_count  # self-edges count: attended
         p_sum = torch.tensor(p_sum, dtype=yb.dtype, device=yb.device)
-        self.extra_loss = self.density * _ProbabilitySum.apply(yb, z, valid, p_sum, self.causal) / allowed_count
+        self.extra_loss = self.density * _ProbabilitySum.apply(yb, z, valid, p_sum, self.causal, False) / allowed_count
         if edges >= self.dense_above * graph.numel():
-            return _DenseGraphAttention.apply(q, k, v, yb, z, graph, valid, self.causal)
+            return _DenseGraphAttention.apply(q, k, v, yb, z, graph, valid, self.causal, False)
         return self._edge_list_attention(q, k, v, yb, z, graph, valid)
+
+    def _device_attention(self, q, k, v, yb, z, valid, padded, allowed_count):
+        """The forward on CUDA with nothing read back to the host: the graph drawn in one Triton launch (its totals
+        stay on the device), then dense graph attention over all sequences at once. No sampler or attention path is
+        chosen from the drawn graph: that choice would read a count back, a host sync per layer."""
+        from attentions import _sbm_triton  # imported here: triton only matters on this path
+
+        with torch.no_grad():
+            graph, totals = _sbm_triton.draw_graph(
+                yb.detach(), z.detach(), valid if padded else None, self.causal, self.training, draw_seed()
+            )
+            self._edge_fraction = totals[1] / allowed_count  # self-edges count: attended
+        p_sum = totals[0].to(yb.dtype)
+        self.extra_loss = self.density * _ProbabilitySum.apply(yb, z, valid, p_sum, self.causal, True) / allowed_count
+        return _DenseGraphAttention.apply(q, k, v, yb, z, graph, valid, self.causal, True)
 
     def _edge_list_attention(self, q, k, v, yb, z, graph, valid):
         """Attention on the drawn graph's edges only, O(E * D): for sparse graphs, where E is well below L^2."""
@@ -142,7 +175,7 @@ class SBMAttention(Attention):
             carries = _carries(valid, b, i, j, self.causal)
             self._edge_fraction = carries.count_nonzero() / allowed_count
         p_sum = _ProbabilitySum.total(yb, z, valid, self.causal)
-        self.extra_loss = self.density * _ProbabilitySum.apply(yb, z, valid, p_sum, self.causal) / allowed_count
+        self.extra_loss = self.density * _ProbabilitySum.apply(yb, z, valid, p_sum, self.causal, False) / allowed_count
         return _edge_attention(q, k, v, yb, z, (b, h, i, j), carries)
 
     def trial_metrics(self) -> dict[str, float]:
@@ -152,6 +185,21 @@ class SBMAttention(Attention):
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, clusters={self.clusters}, density={self.density}"
+
+
+_TRITON_INSTALLED = importlib.util.find_spec("triton") is not None
+
+
+@torch.compiler.disable  # a Python decision (environment, lazy import), not something to trace
+def _device_path(x: torch.Tensor) -> bool:
+    """Whether a forward on ``x`` runs the device path (``SBMAttention._device_attention``): a CUDA tensor, triton
+    installed, and the kernel not switched off (``ATTNBENCH_TRITON_CUDA=0``). Triton is imported only for a CUDA
+    tensor: importing it fixes its interpreter setting."""
+    if not x.is_cuda or not _TRITON_INSTALLED:
+        return False
+    from attentions import _sbm_triton
+
+    return _sbm_triton.available(x)
 
 
 def _carries(valid: torch.Tensor, b, i, j, causal: bool) -> torch.Tensor:
@@ -175,7 +223,8 @@ def dense_graph(
     the draw does not depend on the thread count) or where p_ij >= 0.5 (eval), on allowed pairs only, and every query
     keeps its self-edge. Rows are drawn a block at a time (``_row_blocks``: the causal upper triangle is never
     computed): on the CPU by ``csrc/sbm_sample.cpp``, one sequence at a time (O(L * 128) floats live); elsewhere by the
-    same hash in torch operators, as many sequences at once as fit ``_REFERENCE_BLOCK`` pairs."""
+    same hash in torch operators, as many sequences at once as fit ``_REFERENCE_BLOCK`` pairs. (The device path on
+    CUDA draws with ``_sbm_triton.draw_graph`` instead, in one launch and without reading the totals back.)"""
     batch, heads, length, _ = yb.shape
     graph = torch.zeros(batch, heads, length, length, dtype=torch.bool, device=yb.device)
     ys, zs, graphs = _flat(yb.contiguous()), _flat(z.contiguous()), _flat(graph)
@@ -411,7 +460,8 @@ def _rate_factors(ys, zs, n, r0, r1, c1):
 
 class _ProbabilitySum(torch.autograd.Function):
     """Sum of p over the allowed pairs. Its value comes from the caller (the p it samples the graph from) or from
-    ``total``; the backward recomputes p block by block from its (L x k) factors instead of keeping an L x L tensor."""
+    ``total``; the backward recomputes p block by block from its (L x k) factors instead of keeping an L x L tensor,
+    per sequence, or with ``batched`` (the device path) for all sequences at once with nothing read back."""
 
     @staticmethod
     def total(yb: torch.Tensor, z: torch.Tensor, valid: torch.Tensor, causal: bool) -> torch.Tensor:
@@ -425,15 +475,17 @@ class _ProbabilitySum(torch.autograd.Function):
         return total
 
     @staticmethod
-    def forward(ctx, yb, z, valid, value, causal):
+    def forward(ctx, yb, z, valid, value, causal, batched):
         ctx.save_for_backward(yb, z, valid)
-        ctx.causal = causal
+        ctx.causal, ctx.batched = causal, batched
         return value.clone()
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad):
         yb, z, valid = ctx.saved_tensors
+        if ctx.batched:
+            return *_probability_sum_backward_batched(yb, z, valid, grad, ctx.causal), None, None, None, None
         heads, padded = yb.shape[1], _padded(valid)
         d_yb, d_z = yb.new_zeros(yb.shape), z.new_zeros(z.shape)
         ys, zs, d_ys, d_zs = (_flat(t.contiguous()) for t in (yb, z, d_yb, d_z))
@@ -442,7 +494,7 @@ class _ProbabilitySum(torch.autograd.Function):
             _zero_disallowed_(d_rate, valid, padded, n // heads, r0, ctx.causal)
             d_ys[n, r0:r1] = d_rate @ zs[n, :c1]
             d_zs[n, :c1] += d_rate.transpose(-1, -2) @ ys[n, r0:r1]
-        return d_yb, d_z, None, None, None
+        return d_yb, d_z, None, None, None, None
 
 
 class _DenseGraphAttention(torch.autograd.Function):
@@ -452,26 +504,34 @@ class _DenseGraphAttention(torch.autograd.Function):
     reaching p_ij equals the score gradient dS_ij = P_ij (dO_i . v_j - dO_i . O_i) on allowed edges. Like a flash
     kernel it keeps only the graph (bool) and each row's log-sum-exp for backward and recomputes the weights there,
     block by block (``_pieces``), with p from its (L x k) factors; causal skips the never-allowed upper triangle.
+    With ``batched`` (the device path) every sequence and head goes through one batched product
+    (``_batched_blocks``), its allowed pairs built on the device from ``valid``: no per-sequence loop, no host read.
     """
 
     @staticmethod
-    def forward(ctx, q, k, v, yb, z, graph, valid, causal):
-        scale = q.shape[-1] ** -0.5
-        out, lse = q.new_empty(q.shape), q.new_empty(q.shape[:-1])
-        qs, ks, vs, gs, outs, lses = (_flat(t.contiguous()) for t in (q, k, v, graph, out, lse))
-        for n, r0, r1, c1 in _pieces(q, causal):
-            scores = torch.matmul(qs[n, r0:r1], ks[n, :c1].transpose(-1, -2)).mul_(scale)
-            scores.masked_fill_(~gs[n, r0:r1, :c1], float("-inf"))
-            lses[n, r0:r1] = torch.logsumexp(scores, dim=-1)  # finite: the self-edge is always there
-            torch.matmul(scores.sub_(lses[n, r0:r1, None]).exp_(), vs[n, :c1], out=outs[n, r0:r1])
+    def forward(ctx, q, k, v, yb, z, graph, valid, causal, batched):
+        if batched:
+            out, lse = _graph_attention_batched(q, k, v, graph, causal)
+        else:
+            scale = q.shape[-1] ** -0.5
+            out, lse = q.new_empty(q.shape), q.new_empty(q.shape[:-1])
+            qs, ks, vs, gs, outs, lses = (_flat(t.contiguous()) for t in (q, k, v, graph, out, lse))
+            for n, r0, r1, c1 in _pieces(q, causal):
+                scores = torch.matmul(qs[n, r0:r1], ks[n, :c1].transpose(-1, -2)).mul_(scale)
+                scores.masked_fill_(~gs[n, r0:r1, :c1], float("-inf"))
+                lses[n, r0:r1] = torch.logsumexp(scores, dim=-1)  # finite: the self-edge is always there
+                torch.matmul(scores.sub_(lses[n, r0:r1, None]).exp_(), vs[n, :c1], out=outs[n, r0:r1])
         ctx.save_for_backward(q, k, v, yb, z, graph, valid, out, lse)
-        ctx.causal = causal
+        ctx.causal, ctx.batched = causal, batched
         return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx, d_out):
         q, k, v, yb, z, graph, valid, out, lse = ctx.saved_tensors
+        if ctx.batched:
+            grads = _graph_attention_backward_batched(q, k, v, yb, z, graph, valid, out, lse, d_out, ctx.causal)
+            return *grads, None, None, None, None
         heads, scale = q.shape[1], q.shape[-1] ** -0.5
         padded = _padded(valid)
         delta = (d_out * out).sum(dim=-1)  # (B, H, L)
@@ -494,4 +554,87 @@ class _DenseGraphAttention(torch.autograd.Function):
             d_rate.mul_(_rate_factors(ys, zs, n, r0, r1, c1))
             d_ys[n, rows] = d_rate @ zs[n, cols]
             d_zs[n, cols] += d_rate.transpose(-1, -2) @ ys[n, rows]
-        return *grads, None, None, None
+        return *grads, None, None, None, None
+
+
+# --- the batched form of the device path: every sequence and head at once, no per-sequence loop, no host read ----
+
+_BATCHED_BLOCK = 2**28  # L x L-sized floats of all sequences held at once (1 GiB in float32) before rows are split
+
+
+def _batched_blocks(sequences: int, length: int, causal: bool):
+    """(r0, r1, c1) row blocks over all sequences at once: one block (all rows, all columns) unless its
+    sequences x L x L floats exceed ``_BATCHED_BLOCK``; the split depends on the shapes only, never on a value."""
+    rows = max(1, min(length, _BATCHED_BLOCK // max(1, sequences * length)))
+    for r0 in range(0, length, rows):
+        r1 = min(r0 + rows, length)
+        yield r0, r1, r1 if causal else length
+
+
+def _allowed_rows(seq_valid: torch.Tensor, r0: int, r1: int, c1: int, causal: bool) -> torch.Tensor:
+    """(N, rows, c1) bool: the allowed pairs (real query, real key, causal-visible) of query rows [r0, r1) and key
+    columns [0, c1) of every sequence, from ``seq_valid`` (N, L)."""
+    allowed = seq_valid[:, r0:r1, None] & seq_valid[:, None, :c1]
+    if causal:
+        device = seq_valid.device
+        allowed = allowed & (torch.arange(c1, device=device) <= torch.arange(r0, r1, device=device)[:, None])
+    return allowed
+
+
+def _graph_attention_batched(q, k, v, graph, causal: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(out, lse) of softmax attention restricted to ``graph``, all sequences and heads in one batched product."""
+    scale = q.shape[-1] ** -0.5
+    out, lse = q.new_empty(q.shape), q.new_empty(q.shape[:-1])
+    qs, ks, vs, gs, outs, lses = (_flat(t.contiguous()) for t in (q, k, v, graph, out, lse))
+    everything = slice(None)
+    for r0, r1, c1 in _batched_blocks(qs.shape[0], qs.shape[1], causal):
+        rows, cols = slice(r0, r1), slice(0, c1)
+        scores = torch.matmul(qs[everything, rows], ks[everything, cols].transpose(-1, -2)).mul_(scale)
+        scores.masked_fill_(gs[everything, rows, cols].logical_not(), float("-inf"))
+        lses[everything, rows] = torch.logsumexp(scores, dim=-1)  # finite: the self-edge is always there
+        outs[everything, rows] = torch.matmul(scores.sub_(lses[everything, rows, None]).exp_(), vs[everything, cols])
+    return out, lse
+
+
+def _graph_attention_backward_batched(q, k, v, yb, z, graph, valid, out, lse, d_out, causal: bool):
+    """Gradients (q, k, v, Y B, Z) of ``_DenseGraphAttention``, all sequences and heads at once: the backward of the
+    per-piece form, its allowed pairs built on the device from ``valid``."""
+    heads, scale = q.shape[1], q.shape[-1] ** -0.5
+    delta = (d_out * out).sum(dim=-1)  # (B, H, L)
+    grads = [t.new_zeros(t.shape) for t in (q, k, v, yb, z)]
+    inputs = (q, k, v, yb, z, graph, lse, delta, d_out)
+    qs, ks, vs, ys, zs, gs, lses, deltas, d_outs = (_flat(t.contiguous()) for t in inputs)
+    d_qs, d_ks, d_vs, d_ys, d_zs = (_flat(t) for t in grads)
+    seq_valid = valid.repeat_interleave(heads, dim=0)  # (B * H, L)
+    every = slice(None)
+    for r0, r1, c1 in _batched_blocks(qs.shape[0], qs.shape[1], causal):
+        rows, cols = slice(r0, r1), slice(0, c1)
+        weights = torch.matmul(qs[every, rows], ks[every, cols].transpose(-1, -2)).mul_(scale)
+        weights = weights.sub_(lses[every, rows, None]).exp_().masked_fill_(gs[every, rows, cols].logical_not(), 0.0)
+        d_vs[every, cols] += weights.transpose(-1, -2) @ d_outs[every, rows]
+        d_scores = torch.matmul(d_outs[every, rows], vs[every, cols].transpose(-1, -2)).sub_(deltas[every, rows, None])
+        d_scores.mul_(weights)
+        del weights
+        d_qs[every, rows] = (d_scores @ ks[every, cols]).mul_(scale)
+        d_ks[every, cols] += (d_scores.transpose(-1, -2) @ qs[every, rows]).mul_(scale)
+        # dL/dp = dS on allowed edges (padded self-edges carry none); dp/drate = exp(-rate).
+        allowed = _allowed_rows(seq_valid, r0, r1, c1, causal)
+        d_rate = d_scores.masked_fill_(allowed.logical_not(), 0.0).to(ys.dtype)
+        d_rate.mul_(_rate_factors(ys, zs, every, r0, r1, c1))
+        d_ys[every, rows] = d_rate @ zs[every, cols]
+        d_zs[every, cols] += d_rate.transpose(-1, -2) @ ys[every, rows]
+    return grads
+
+
+def _probability_sum_backward_batched(yb, z, valid, grad, causal: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gradients (Y B, Z) of ``_ProbabilitySum``, all sequences and heads at once."""
+    d_yb, d_z = yb.new_zeros(yb.shape), z.new_zeros(z.shape)
+    ys, zs, d_ys, d_zs = (_flat(t.contiguous()) for t in (yb, z, d_yb, d_z))
+    seq_valid = valid.repeat_interleave(yb.shape[1], dim=0)
+    every = slice(None)
+    for r0, r1, c1 in _batched_blocks(ys.shape[0], ys.shape[1], causal):
+        d_rate = _rate_factors(ys, zs, every, r0, r1, c1).mul_(grad)
+        d_rate.masked_fill_(_allowed_rows(seq_valid, r0, r1, c1, causal).logical_not(), 0.0)
+        d_ys[every, r0:r1] = d_rate @ zs[every, :c1]
+        d_zs[every, :c1] += d_rate.transpose(-1, -2) @ ys[every, r0:r1]
+    return d_yb, d_z

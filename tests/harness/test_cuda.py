@@ -85,6 +85,7 @@ def test_sbm_fastrg_path_trains_on_cuda_in_bf16(causal, monkeypatch):
     """The fastRG sampler (sparse expected graphs) on the GPU: edges only where allowed, finite bf16 gradients."""
     from attentions import sbm
 
+    monkeypatch.setenv("ATTNBENCH_TRITON_CUDA", "0")  # the host-driven forward: the device path never takes fastRG
     attn = make("sbm", causal).train().cuda().to(torch.bfloat16)
     monkeypatch.setattr(attn, "fastrg_below", 2.0)  # every training forward samples by fastRG
     monkeypatch.setattr(sbm, "_probability", lambda *a: pytest.fail("formed the L x L probabilities"))
