@@ -52,10 +52,12 @@ step() {  # step NAME SECONDS COMMAND...: run with a limit, log to OUT/NAME.log,
 } | tee "$out/summary.txt"
 step cuda_tests "${TESTS_LIMIT:-150}" "$PY" -m pytest -q -rfE --tb=short -p no:cacheprovider \
     --junitxml="$out/cuda_tests.xml" tests/harness/test_cuda.py tests/harness/test_trainer.py -k cuda
-# sinkhorn's Triton balancing kernels compiled for the GPU: the interpreter tests' file on CUDA tensors (values and
-# gradients against the operator reference), then bf16 against fp32 and a timing against the operators
-step triton_kernels "${TRITON_LIMIT:-60}" "$PY" -m pytest -q -rfE --tb=short -p no:cacheprovider \
-    --junitxml="$out/triton_kernels.xml" tests/attentions/test_triton_balancing.py
+# Every Triton kernel compiled for the GPU: the interpreter tests' files on CUDA tensors (values and gradients against
+# the operator references): balancing (one-program and tiled), Sinkformer without L x L, SBM's graph draw; then
+# balancing in bf16 against fp32 and a timing against the operators
+step triton_kernels "${TRITON_LIMIT:-90}" "$PY" -m pytest -q -rfE --tb=short -p no:cacheprovider \
+    --junitxml="$out/triton_kernels.xml" tests/attentions/test_triton_balancing.py \
+    tests/attentions/test_sinkformer_triton.py tests/attentions/test_sbm_triton.py
 step triton_balancing "${TRITON_LIMIT:-60}" "$PY" scripts/triton_balancing_check.py
 scratch=$(mktemp -d)
 # Each attention alone: CUDA-event times of the forward and the forward+backward (warm-up, L2 flushed before every
