@@ -51,6 +51,36 @@ def _worker_failure(exc: Exception) -> Exception:
     return exc
 
 
+def _with_placement_group(progress):
+    """Rank 0's progress reports, each naming the placement group that holds the trial's workers (hex id).
+
+    A driver that cancels a hung multi-worker trial kills its coordinating task, but Ray Train's controller leaves the
+    workers' placement group behind when it dies that way (its own cleaner needs the dashboard, which the embedded Ray
+    does not run), so the workers' CPUs and GPUs would stay reserved for good. With the id in the last report, the
+    driver removes the group, and with it the workers (``release_placement_group``)."""
+    import ray
+
+    group = ray.util.get_current_placement_group()
+    if progress is None or group is None:
+        return progress
+    group_id = group.id.hex()
+    return lambda info: progress({**info, "placement_group": group_id})
+
+
+def release_placement_group(group_id: str | None) -> None:
+    """Remove the placement group ``group_id`` (a hex id from a trial's progress report) and every actor in it; an
+    unknown or already removed group is left alone."""
+    if not group_id:
+        return
+    import ray
+    from ray.util.placement_group import PlacementGroup
+
+    try:
+        ray.util.remove_placement_group(PlacementGroup(ray.PlacementGroupID(bytes.fromhex(group_id))))
+    except Exception:  # noqa: BLE001 - already gone (the trial ended on its own meanwhile): nothing to free
+        pass
+
+
 def _train_loop(loop_config: dict[str, Any]) -> None:
     import torch.distributed as dist
 
@@ -59,7 +89,8 @@ def _train_loop(loop_config: dict[str, Any]) -> None:
 
     for folder in loop_config["plugin_dirs"]:
         attentions.load_plugin_dir(folder)
-    result = run_trial(loop_config["trial"], checkpoints=loop_config["checkpoints"], progress=loop_config["progress"])
+    progress = _with_placement_group(loop_config["progress"])
+    result = run_trial(loop_config["trial"], checkpoints=loop_config["checkpoints"], progress=progress)
     if dist.get_rank() == 0:
         loop_config["results"].put(asdict(result))
 

@@ -28,6 +28,7 @@ from rich.markup import escape
 
 from harness.provenance import code_version, loaded_code_version, versions
 from harness.running.grid import Trial
+from harness.running.multiworker import release_placement_group
 from harness.running.placement import unplaceable
 from harness.store import ResultStore, rows_for_trial
 
@@ -346,6 +347,8 @@ def run_grid(
                         if trial.trial_id == trial_id and ref not in cancelled:
                             cancelled[ref] = reason
                             ray.cancel(ref, force=True)
+                            # a multi-worker trial's workers sit in a placement group that outlives the cancel
+                            release_placement_group(snapshot.get(trial_id, {}).get("placement_group"))
                 lock.refresh()
     finally:
         if started_ray:

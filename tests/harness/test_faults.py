@@ -309,6 +309,35 @@ def test_a_hung_trial_is_cancelled_retried_from_its_checkpoint_then_failed_and_t
     assert time.monotonic() - started < 240
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(600)  # a leaked worker would keep the next trial waiting for CPUs forever
+def test_a_hung_two_worker_trial_is_cancelled_and_frees_its_workers_for_the_next_trial(tmp_path, plugins, monkeypatch):
+    """Both workers of a 2-worker trial hang in step 5; cancelling the coordinating task must take its Ray Train
+    workers down too. They hold both of this machine's CPUs, so the next 2-worker trial can only start (and the grid
+    only end) if they are gone."""
+    from harness.running.scheduler import run_grid
+
+    monkeypatch.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "1")
+    hung = load_trials(grid_file(tmp_path, "{blocks: {at: 5}}", "{workers: 2, max_retries: 0, stall_minutes: 1}"))[1]
+    # the next trial has no stall limit: on a busy machine its final evaluation may well take 5 s
+    trials = hung + load_trials(grid_file(tmp_path, "{vanilla: {}}", "{workers: 2, max_retries: 0}"))[1]
+    out = io.StringIO()
+    store = ResultStore(tmp_path / "results")
+    summary = run_grid(
+        trials,
+        store,
+        plugin_dirs=[str(plugins)],
+        console=Console(file=out, width=250),
+        clock=lambda: time.monotonic() * 12,
+        max_concurrent=1,
+    )
+    frame = store.read().set_index("attention")
+    assert len(summary.ok) == 1 and len(summary.failed) == 1, out.getvalue()
+    assert frame.loc["vanilla", "status"].unique().tolist() == ["ok"]
+    assert (frame.loc["vanilla", "world_size"] == 2).all()
+    assert frame.loc["blocks", "error"].startswith("cancelled: no progress for 1 min at step")
+
+
 def test_a_multi_worker_failure_is_a_lost_worker_an_out_of_memory_error_or_the_trials_own():
     import ray.exceptions
     from ray.train.v2._internal.exceptions import WorkerHealthCheckFailedError
