@@ -181,6 +181,12 @@ class _NonCausalSinkformer(torch.autograd.Function):
 # --------------------------------------------------------------------------------------------- causal
 
 
+def checkpoint_segment(tiles: int) -> int:
+    """Tiles per saved carry checkpoint in the causal forward: about sqrt(tiles), so the checkpoints and one segment's
+    recomputed carries both cost about sqrt(tiles) carries."""
+    return math.isqrt(tiles - 1) + 1
+
+
 def _causal_tile(
     q_rows: torch.Tensor,
     k_keys: torch.Tensor,
@@ -223,7 +229,7 @@ class _CausalSinkformer(torch.autograd.Function):
     def forward(ctx, q, k, v, valid, steps, tile):
         batch, heads, length, _ = q.shape
         spans = _spans(length, tile)
-        segment = math.isqrt(len(spans) - 1) + 1  # tiles per checkpoint: about sqrt(tiles)
+        segment = checkpoint_segment(len(spans))
         columns = steps // 2
         carries = [q.new_full((batch, heads, length), torch.finfo(q.dtype).min) for _ in range(columns)]
         checkpoints = []
