@@ -18,9 +18,10 @@ a segment's other carries are recomputed when the backward reaches it.
 Memory: O(tile * L) working memory per (batch, head), O(steps * L) saved vectors (non-causal), O(sqrt(L / tile) *
 column steps * L) saved carries (causal); nothing of size L x L.
 
-Where it runs: both variants on the CPU from ``sinkformer.CHUNKED_FROM_LENGTH`` on, and the causal one on CUDA. The
-non-causal one on CUDA runs as Triton kernels of the same forward and backward (``_sinkformer_triton``), which the
-tests pin to this module.
+Where it runs: both variants on the CPU from ``sinkformer.CHUNKED_FROM_LENGTH`` on. On CUDA the non-causal one runs as
+Triton kernels of the same forward and backward (``_sinkformer_triton``), and the causal one's forward as a Triton
+kernel that saves the carries ``_CausalSinkformer.backward`` reads, so this module's causal backward runs there; the
+tests pin the kernels to this module.
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
-"""Triton kernels of the non-causal chunked Sinkformer (``_sinkformer_chunked``), forward and backward, without the
-L x L matrix: every pass recomputes its score tiles in SRAM from q and k and keeps only per-row or per-column vectors.
+"""Triton kernels of the chunked Sinkformer (``_sinkformer_chunked``) without the L x L matrix: every pass recomputes
+its score tiles in SRAM from q and k and keeps only per-row or per-column vectors. Non-causal: forward and backward.
+Causal: the forward; the backward is the chunked path's, from the carries this forward saves.
 
 Forward, one launch per balancing step: a row step reduces each query tile over all key tiles (``r_i = LSE_j (S_ij -
 c_j)``), a column step each key tile over all query tiles (``c_j = LSE_i (S_ij - r_i)``), both with an online
@@ -17,8 +18,19 @@ Exponentials, reductions and the vectors are float32 whatever the input dtype; t
 dtype (P and dS are cast to it) and accumulate in float32, float32 inputs in full float32 (not TF32), as the chunked
 path's ``torch.matmul``.
 
-The causal variant has no kernel here and runs the chunked path. The kernels are tested on the CPU under
-``TRITON_INTERPRET=1`` only; they have not run compiled on a GPU.
+Causal forward, one launch, one program per (batch, head): a causal column step of row i reads the rows above it, and
+a row step of row i reads its whole row after the column steps before it, whose per-entry offsets no vector holds.
+So each program walks down the query tiles in order and runs every step on a tile before the next. Per column step it
+keeps a carry per column in global memory (the log-sum of the rows above, as the chunked path's carries); a column
+step of a tile is a prefix scan down the tile started from that carry. Each row step of a tile is one sweep over the
+key tiles up to the diagonal, replaying each key tile through the earlier steps (O(steps^2) subtractions and scans
+per entry, one score product per sweep); a last sweep forms ``exp(x) V`` and moves the carries past the tile. Before
+every checkpoint tile of the chunked backward the carries are copied out, in the layout ``_CausalSinkformer.forward``
+saves, so that backward runs unchanged. The parallelism is batch * heads programs only: the walk down the tiles is
+sequential by the definition of the causal column step.
+
+The kernels are tested on the CPU under ``TRITON_INTERPRET=1`` only; they have not run compiled on a GPU (the
+interpreter ignores the barriers between the causal kernel's sweeps and has no register limit).
 """
 
 from __future__ import annotations
