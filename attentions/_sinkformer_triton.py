@@ -29,8 +29,9 @@ every checkpoint tile of the chunked backward the carries are copied out, in the
 saves, so that backward runs unchanged. The parallelism is batch * heads programs only: the walk down the tiles is
 sequential by the definition of the causal column step.
 
-The kernels are tested on the CPU under ``TRITON_INTERPRET=1`` only; they have not run compiled on a GPU (the
-interpreter ignores the barriers between the causal kernel's sweeps and has no register limit).
+``ATTNBENCH_TRITON_CUDA=0`` switches these kernels off with the other Triton kernels (``sinkformer`` then runs the
+chunked path). The kernels are tested on the CPU under ``TRITON_INTERPRET=1`` only; they have not run compiled on a
+GPU (the interpreter ignores the barriers between the causal kernel's sweeps and has no register limit).
 """
 
 from __future__ import annotations
@@ -52,8 +53,9 @@ BLOCK = 16  # rows and columns of a score tile (tl.dot needs at least 16)
 
 
 def available(q: torch.Tensor) -> bool:
-    """True where these kernels run: Triton importable and a CUDA tensor (or the interpreter, for tests)."""
-    if triton is None:
+    """True where these kernels run: Triton importable, not switched off (``ATTNBENCH_TRITON_CUDA=0``, as the other
+    Triton kernels; then the chunked path runs), and a CUDA tensor (or the interpreter, for tests)."""
+    if triton is None or os.environ.get("ATTNBENCH_TRITON_CUDA", "1") == "0":
         return False
     return q.device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1"
 

@@ -159,3 +159,14 @@ def test_causal_backward_tile_must_fit_the_kernel_tiles():
     q, k, v = inputs(16, 16)
     with pytest.raises(ValueError, match="multiple of 16, got 20"):
         kernels.triton_sinkformer(q, k, v, None, 2, causal=True, tile=20)
+
+
+def test_switched_off_by_the_triton_switch(monkeypatch):
+    """``ATTNBENCH_TRITON_CUDA=0`` turns these kernels off as it does the other Triton kernels (sinkformer then runs the
+    chunked path); any other value leaves them on."""
+    q = torch.zeros(1, 1, 16, 16, device=DEVICE)
+    monkeypatch.setenv("TRITON_INTERPRET", "1" if DEVICE == "cpu" else "0")
+    monkeypatch.setenv("ATTNBENCH_TRITON_CUDA", "1")
+    assert kernels.available(q)
+    monkeypatch.setenv("ATTNBENCH_TRITON_CUDA", "0")
+    assert not kernels.available(q)
