@@ -488,7 +488,8 @@ def triton_causal_forward(
     work = dict(device=q.device, dtype=torch.float32)
     norms = torch.zeros(steps, batch * heads, length, **work)
     carries = torch.full((steps, batch * heads, length), float("-inf"), **work)
-    saved = torch.empty(triton.cdiv(triton.cdiv(length, BLOCK), every), columns, batch, heads, length, **work)
+    # at least one column step's room: a launch on CUDA may refuse an empty tensor's null pointer
+    saved = torch.empty(triton.cdiv(triton.cdiv(length, BLOCK), every), max(columns, 1), batch, heads, length, **work)
     out = torch.empty_like(q)
     _causal_forward[(batch * heads,)](
         q, k, v, flat_valid, norms, carries, saved, out, heads, length, steps, every, dim**-0.5, **common
