@@ -18,9 +18,10 @@ a segment's other carries are recomputed when the backward reaches it.
 Memory: O(tile * L) working memory per (batch, head), O(steps * L) saved vectors (non-causal), O(sqrt(L / tile) *
 column steps * L) saved carries (causal); nothing of size L x L.
 
-Where it runs: both variants on the CPU from ``sinkformer.CHUNKED_FROM_LENGTH`` on, and the causal one on CUDA. The
-non-causal one on CUDA runs as Triton kernels of the same forward and backward (``_sinkformer_triton``), which the
-tests pin to this module.
+Where it runs: both variants on the CPU from ``sinkformer.CHUNKED_FROM_LENGTH`` on. On CUDA the non-causal one runs as
+Triton kernels of the same forward and backward (``_sinkformer_triton``), and the causal one's forward as a Triton
+kernel that saves the carries ``_CausalSinkformer.backward`` reads, so this module's causal backward runs there; the
+tests pin the kernels to this module.
 """
 
 from __future__ import annotations
@@ -181,6 +182,12 @@ class _NonCausalSinkformer(torch.autograd.Function):
 # --------------------------------------------------------------------------------------------- causal
 
 
+def checkpoint_segment(tiles: int) -> int:
+    """Tiles per saved carry checkpoint in the causal forward: about sqrt(tiles), so the checkpoints and one segment's
+    recomputed carries both cost about sqrt(tiles) carries."""
+    return math.isqrt(tiles - 1) + 1
+
+
 def _causal_tile(
     q_rows: torch.Tensor,
     k_keys: torch.Tensor,
@@ -223,7 +230,7 @@ class _CausalSinkformer(torch.autograd.Function):
     def forward(ctx, q, k, v, valid, steps, tile):
         batch, heads, length, _ = q.shape
         spans = _spans(length, tile)
-        segment = math.isqrt(len(spans) - 1) + 1  # tiles per checkpoint: about sqrt(tiles)
+        segment = checkpoint_segment(len(spans))
         columns = steps // 2
         carries = [q.new_full((batch, heads, length), torch.finfo(q.dtype).min) for _ in range(columns)]
         checkpoints = []

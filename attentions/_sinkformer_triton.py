@@ -1,5 +1,6 @@
-"""Triton kernels of the non-causal chunked Sinkformer (``_sinkformer_chunked``), forward and backward, without the
-L x L matrix: every pass recomputes its score tiles in SRAM from q and k and keeps only per-row or per-column vectors.
+"""Triton kernels of the chunked Sinkformer (``_sinkformer_chunked``) without the L x L matrix: every pass recomputes
+its score tiles in SRAM from q and k and keeps only per-row or per-column vectors. Non-causal: forward and backward.
+Causal: the forward; the backward is the chunked path's, from the carries this forward saves.
 
 Forward, one launch per balancing step: a row step reduces each query tile over all key tiles (``r_i = LSE_j (S_ij -
 c_j)``), a column step each key tile over all query tiles (``c_j = LSE_i (S_ij - r_i)``), both with an online
@@ -17,8 +18,20 @@ Exponentials, reductions and the vectors are float32 whatever the input dtype; t
 dtype (P and dS are cast to it) and accumulate in float32, float32 inputs in full float32 (not TF32), as the chunked
 path's ``torch.matmul``.
 
-The causal variant has no kernel here and runs the chunked path. The kernels are tested on the CPU under
-``TRITON_INTERPRET=1`` only; they have not run compiled on a GPU.
+Causal forward, one launch, one program per (batch, head): a causal column step of row i reads the rows above it, and
+a row step of row i reads its whole row after the column steps before it, whose per-entry offsets no vector holds.
+So each program walks down the query tiles in order and runs every step on a tile before the next. Per column step it
+keeps a carry per column in global memory (the log-sum of the rows above, as the chunked path's carries); a column
+step of a tile is a prefix scan down the tile started from that carry. Each row step of a tile is one sweep over the
+key tiles up to the diagonal, replaying each key tile through the earlier steps (O(steps^2) subtractions and scans
+per entry, one score product per sweep); a last sweep forms ``exp(x) V`` and moves the carries past the tile. Before
+every checkpoint tile of the chunked backward the carries are copied out, in the layout ``_CausalSinkformer.forward``
+saves, so that backward runs unchanged. The parallelism is batch * heads programs only: the walk down the tiles is
+sequential by the definition of the causal column step.
+
+``ATTNBENCH_TRITON_CUDA=0`` switches these kernels off with the other Triton kernels (``sinkformer`` then runs the
+chunked path). The kernels are tested on the CPU under ``TRITON_INTERPRET=1`` only; they have not run compiled on a
+GPU (the interpreter ignores the barriers between the causal kernel's sweeps and has no register limit).
 """
 
 from __future__ import annotations
@@ -27,6 +40,8 @@ import os
 
 import torch
 from torch.autograd.function import once_differentiable
+
+from attentions._sinkformer_chunked import DEFAULT_TILE, _CausalSinkformer, checkpoint_segment
 
 try:
     import triton
@@ -38,13 +53,15 @@ BLOCK = 16  # rows and columns of a score tile (tl.dot needs at least 16)
 
 
 def available(q: torch.Tensor) -> bool:
-    """True where these kernels run: Triton importable and a CUDA tensor (or the interpreter, for tests)."""
-    if triton is None:
+    """True where these kernels run: Triton importable, not switched off (``ATTNBENCH_TRITON_CUDA=0``, as the other
+    Triton kernels; then the chunked path runs), and a CUDA tensor (or the interpreter, for tests)."""
+    if triton is None or os.environ.get("ATTNBENCH_TRITON_CUDA", "1") == "0":
         return False
     return q.device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1"
 
 
 if triton is not None:
+    from attentions.sinkhorn.triton_balancing import _lse_combine, _lse_partial, _lse_value, _prefix_pairs
 
     @triton.jit
     def _load_rows(ptr, base, rows, length, D: tl.constexpr, BD: tl.constexpr):
@@ -272,6 +289,86 @@ if triton is not None:
             acc += tl.dot(tl.trans(ds).to(qt.dtype), qt, input_precision=PRECISION)
         _store_rows(dk_ptr, base, cols, length, acc * scale, D, BD)
 
+    # ----------------------------------------------------------------------------------------- causal forward
+
+    @triton.jit
+    def _causal_scores(qt, kt, valid_ptr, vbase, rows, cols, length, scale, HAS_VALID: tl.constexpr,
+                       PRECISION: tl.constexpr):  # fmt: skip
+        """``_scores`` with the causal triangle: -inf also where the key comes after the query (j > i)."""
+        s = _scores(qt, kt, valid_ptr, vbase, rows, cols, length, scale, HAS_VALID, PRECISION)
+        return tl.where(cols[None, :] <= rows[:, None], s, float("-inf"))
+
+    @triton.jit
+    def _causal_balance(x, rows, cols, norm_ptr, carry_ptr, obase, plane, length, upto, UPDATE: tl.constexpr):
+        """The (rows, cols) tile ``x`` of masked scores after balancing steps 0..upto-1 (-inf where not allowed).
+        A row step subtracts its stored row offsets; a column step subtracts, per entry, the log-sum of its column over
+        the rows up to it: a scan inside the tile started from the carry of the rows above (``carry_ptr``, -inf while
+        nothing above is allowed). ``norm_ptr`` and ``carry_ptr`` are (steps, batch * heads, length) float32 with
+        ``plane`` a step's stride. With ``UPDATE`` each column step's carry moves past this tile's rows."""
+        for step in range(0, upto):
+            at = step * plane + obase
+            if step % 2 == 0:
+                x = x - _load_vector(norm_ptr, at, rows, length)[:, None]
+            else:
+                carry = tl.load(carry_ptr + at + cols, cols < length, float("-inf"))
+                carried = tl.where(carry == float("-inf"), 0.0, 1.0)
+                top, total = _prefix_pairs(x)
+                top, total = _lse_combine(carry[None, :], carried[None, :], top, total)
+                prefix = top + tl.log(total)
+                if UPDATE:
+                    tile_top, tile_total = _lse_partial(x, 0)
+                    leaving_top, leaving_total = _lse_combine(carry, carried, tile_top, tile_total)
+                    tl.store(carry_ptr + at + cols, leaving_top + tl.log(leaving_total), cols < length)
+                x = x - tl.where(prefix == float("-inf"), 0.0, prefix)
+        return x
+
+    @triton.jit
+    def _causal_forward(q_ptr, k_ptr, v_ptr, valid_ptr, norm_ptr, carry_ptr, saved_ptr, o_ptr, heads, length, steps,
+                        every, scale, HAS_VALID: tl.constexpr, D: tl.constexpr, BD: tl.constexpr,
+                        BLOCK_SIZE: tl.constexpr, PRECISION: tl.constexpr):  # fmt: skip
+        """Causal Sinkformer output of one (batch, head), walking down the query tiles in order (a column step of a
+        row reads the rows above it). Per query tile: each row step is one online log-sum-exp over the key tiles up to
+        the diagonal, each tile replayed through the earlier steps; then one more sweep forms ``exp(x) V`` and moves
+        the column steps' carries past the tile. Before every ``every``-th tile the carries are copied to ``saved``
+        ((checkpoints, steps // 2, batch * heads, length)) for the chunked backward."""
+        bh = tl.program_id(0)
+        base, vbase, obase = bh * length * D, (bh // heads) * length, bh * length
+        plane = tl.num_programs(0) * length
+        columns = steps // 2
+        for first in range(0, length, BLOCK_SIZE):
+            tile = first // BLOCK_SIZE
+            if tile % every == 0:
+                for m in range(0, columns):
+                    for start in range(0, length, BLOCK_SIZE):
+                        cols = start + tl.arange(0, BLOCK_SIZE)
+                        carry = tl.load(carry_ptr + (2 * m + 1) * plane + obase + cols, cols < length)
+                        at = ((tile // every) * columns + m) * plane + obase
+                        tl.store(saved_ptr + at + cols, carry, cols < length)
+            rows = first + tl.arange(0, BLOCK_SIZE)
+            qt = _load_rows(q_ptr, base, rows, length, D, BD)
+            for step in range(0, steps, 2):  # row steps: r_i = LSE_j x_ij after the steps before
+                top = tl.full((BLOCK_SIZE,), float("-inf"), tl.float32)
+                total = tl.zeros((BLOCK_SIZE,), tl.float32)
+                for start in range(0, first + BLOCK_SIZE, BLOCK_SIZE):
+                    cols = start + tl.arange(0, BLOCK_SIZE)
+                    kt = _load_rows(k_ptr, base, cols, length, D, BD)
+                    s = _causal_scores(qt, kt, valid_ptr, vbase, rows, cols, length, scale, HAS_VALID, PRECISION)
+                    x = _causal_balance(s, rows, cols, norm_ptr, carry_ptr, obase, plane, length, step, False)
+                    part_top, part_total = _lse_partial(x, 1)
+                    top, total = _lse_combine(top, total, part_top, part_total)
+                tl.store(norm_ptr + step * plane + obase + rows, _lse_value(top, total), rows < length)
+                tl.debug_barrier()  # the next sweep reads, in other threads, the offsets just stored
+            acc = tl.zeros((BLOCK_SIZE, BD), tl.float32)
+            for start in range(0, first + BLOCK_SIZE, BLOCK_SIZE):
+                cols = start + tl.arange(0, BLOCK_SIZE)
+                kt = _load_rows(k_ptr, base, cols, length, D, BD)
+                s = _causal_scores(qt, kt, valid_ptr, vbase, rows, cols, length, scale, HAS_VALID, PRECISION)
+                x = _causal_balance(s, rows, cols, norm_ptr, carry_ptr, obase, plane, length, steps, True)
+                vt = _load_rows(v_ptr, base, cols, length, D, BD)
+                acc += tl.dot(tl.exp(x).to(vt.dtype), vt, input_precision=PRECISION)
+            _store_rows(o_ptr, base, rows, length, acc, D, BD)
+            tl.debug_barrier()  # the next query tile reads the carries this one moved
+
 
 def _launch_settings(q: torch.Tensor, valid: torch.Tensor | None) -> tuple[tuple[int, int], dict, torch.Tensor]:
     """Grid (tiles, batch * heads), the kernels' constexpr arguments and the padding mask as int8 (a dummy if none)."""
@@ -375,11 +472,61 @@ class TritonSinkformer(torch.autograd.Function):
         return (*triton_backward(q, k, v, out, valid, vectors, grad_out), None, None)
 
 
+def triton_causal_forward(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, valid: torch.Tensor | None, steps: int, tile: int
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Causal output (B, H, L, D), and the column steps' carries entering every ``segment``-th ``tile`` of query rows
+    with that ``segment``, in the layout and dtype ``_CausalSinkformer.forward`` saves them (masked carries at the
+    dtype's floor; an empty tensor without column steps)."""
+    if tile % BLOCK:
+        raise ValueError(f"sinkformer: the causal backward's tile must be a multiple of {BLOCK}, got {tile}")
+    batch, heads, length, dim = q.shape
+    q, k, v = (t.contiguous() for t in (q, k, v))
+    _, common, flat_valid = _launch_settings(q, valid)
+    columns, segment = steps // 2, checkpoint_segment(triton.cdiv(length, tile))
+    every = segment * (tile // BLOCK)  # kernel tiles per checkpoint
+    work = dict(device=q.device, dtype=torch.float32)
+    norms = torch.zeros(steps, batch * heads, length, **work)
+    carries = torch.full((steps, batch * heads, length), float("-inf"), **work)
+    # at least one column step's room: a launch on CUDA may refuse an empty tensor's null pointer
+    saved = torch.empty(triton.cdiv(triton.cdiv(length, BLOCK), every), max(columns, 1), batch, heads, length, **work)
+    out = torch.empty_like(q)
+    _causal_forward[(batch * heads,)](
+        q, k, v, flat_valid, norms, carries, saved, out, heads, length, steps, every, dim**-0.5, **common
+    )
+    if not columns:
+        return out, q.new_zeros(0), segment
+    floor = torch.finfo(q.dtype).min  # what the chunked forward holds where no allowed entry is above yet
+    return out, torch.where(saved == float("-inf"), floor, saved).to(q.dtype), segment
+
+
+class TritonCausalSinkformer(_CausalSinkformer):
+    """Causal Sinkformer attention: the forward in the Triton kernel above, the chunked path's backward (which
+    recomputes its tiles from the carries the forward saved)."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, valid, steps, tile):
+        out, saved, segment = triton_causal_forward(q, k, v, valid, steps, tile)
+        ctx.save_for_backward(q, k, v, valid, saved)
+        ctx.steps, ctx.tile, ctx.segment = steps, tile, segment
+        return out
+
+
 def triton_sinkformer(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, valid: torch.Tensor | None, steps: int
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    valid: torch.Tensor | None,
+    steps: int,
+    *,
+    causal: bool = False,
+    tile: int = DEFAULT_TILE,
 ) -> torch.Tensor:
-    """Non-causal Sinkformer for (B, H, L, D) inputs, ``valid`` (B, L) bool marking real tokens (None = all real);
-    the chunked path's values and gradients, in Triton kernels."""
+    """Sinkformer for (B, H, L, D) inputs, ``valid`` (B, L) bool marking real tokens (None = all real); the chunked
+    path's values and gradients, in Triton kernels (causal: the forward; its backward is the chunked one, over query
+    tiles of ``tile`` rows, a multiple of ``BLOCK``)."""
     if steps < 1:
         raise ValueError(f"sinkformer: iterations must be >= 1, got {steps}")
+    if causal:
+        return TritonCausalSinkformer.apply(q, k, v, valid, steps, tile)
     return TritonSinkformer.apply(q, k, v, valid, steps)

@@ -16,8 +16,9 @@ Complexity: O(iterations * L^2) time. Two paths give the same values and gradien
 matrix and balances it (``log_sinkhorn``, the CPU's compiled kernel), O(L^2) memory; the chunked one keeps only
 per-row and per-column vectors and recomputes the scores tile by tile in every pass (``_sinkformer_chunked``), O(L)
 memory beyond a tile. The dense path runs on the CPU below ``CHUNKED_FROM_LENGTH``, the chunked one elsewhere; on
-CUDA the non-causal path, forward and backward, runs as Triton kernels of the same recursion (``_sinkformer_triton``),
-and the causal one stays chunked.
+CUDA (with Triton installed) the non-causal path, forward and backward, runs as Triton kernels of the same recursion
+(``_sinkformer_triton``), and the causal one's forward too, with the chunked backward; ``ATTNBENCH_TRITON_CUDA=0``
+keeps both on the chunked path.
 
 Parameters: ``iterations`` (Sinkhorn normalization steps, >= 1; 1 = softmax attention).
 """
@@ -33,7 +34,8 @@ from attentions.base import Attention, register_attention
 from attentions.sinkhorn.balancing import log_sinkhorn
 
 # On the CPU the dense path (compiled balancing kernel) is faster at short lengths; from this length on the chunked
-# path is used there too (see docs/sinkformer-memory.md for the measurement). Off the CPU the chunked path always runs.
+# path is used there too (see docs/sinkformer-memory.md for the measurement). Off the CPU the chunked path (on CUDA its
+# Triton kernels) always runs.
 CHUNKED_FROM_LENGTH = 2048
 
 
@@ -64,11 +66,11 @@ class SinkformerAttention(Attention):
         self.check_inputs(q, k, v, padding_mask)
         if q.device.type != "cpu" or q.shape[2] >= self.chunked_from_length:
             valid = None if padding_mask is None else padding_mask.to(device=q.device, dtype=torch.bool)
-            if q.device.type == "cuda" and not self.causal:
+            if q.device.type == "cuda":
                 from attentions import _sinkformer_triton  # imported here: Triton only matters on a GPU
 
                 if _sinkformer_triton.available(q):
-                    return _sinkformer_triton.triton_sinkformer(q, k, v, valid, self.iterations)
+                    return _sinkformer_triton.triton_sinkformer(q, k, v, valid, self.iterations, causal=self.causal)
             return chunked_sinkformer(q, k, v, valid, self.iterations, causal=self.causal)
         return torch.einsum("bhij,bhjd->bhid", self.attention_matrix(q, k, padding_mask), v)
 

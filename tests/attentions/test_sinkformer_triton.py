@@ -1,6 +1,7 @@
-"""The Triton kernels of the non-causal Sinkformer, forward and backward: values and gradients against the chunked path
-and against the dense balancing of the full score matrix. Under Triton's interpreter (no GPU) on CPU tensors; on CUDA
-tensors where a GPU is present and ``TRITON_INTERPRET`` is not 1."""
+"""The Triton kernels of the Sinkformer (non-causal: forward and backward; causal: the forward, with the chunked
+backward): values and gradients against the chunked path and against the dense balancing of the full score matrix.
+Under Triton's interpreter (no GPU) on CPU tensors; on CUDA tensors where a GPU is present and ``TRITON_INTERPRET`` is
+not 1."""
 
 from __future__ import annotations
 
@@ -37,11 +38,15 @@ def upstream_like(x: torch.Tensor) -> torch.Tensor:
     return torch.randn(x.shape, generator=torch.Generator().manual_seed(1)).to(DEVICE)
 
 
-def dense_sinkformer(q, k, v, valid, steps) -> torch.Tensor:
-    """The definition: the full (L, L) score matrix balanced by the operator reference, exp, masked entries 0, @ V."""
+def dense_sinkformer(q, k, v, valid, steps, causal=False) -> torch.Tensor:
+    """The definition: the full (L, L) score matrix balanced by the operator reference, exp, masked entries 0, @ V.
+    Causal: keys j <= i only, and the column steps normalize each column over the rows up to each entry."""
     allowed = None if valid is None else (valid[:, :, None] & valid[:, None, :])[:, None]
+    if causal:
+        tri = torch.ones(q.shape[2], q.shape[2], dtype=torch.bool, device=q.device).tril()
+        allowed = tri if allowed is None else allowed & tri
     scores = q @ k.transpose(-1, -2) * q.shape[-1] ** -0.5
-    p = reference_log_sinkhorn(scores, steps, mask=allowed).exp()
+    p = reference_log_sinkhorn(scores, steps, mask=allowed, causal=causal).exp()
     return (p if allowed is None else p.masked_fill(~allowed, 0.0)) @ v
 
 
@@ -56,22 +61,21 @@ def assert_tight(got: torch.Tensor, want: torch.Tensor, name: str) -> None:
     torch.testing.assert_close(got.to(want.dtype), want, atol=2e-6 * scale, rtol=1e-5, msg=lambda m: f"{name}: {m}")
 
 
-@pytest.mark.parametrize(("length", "dim", "heads"), [(16, 16, 2), (40, 24, 1)])
-@pytest.mark.parametrize("steps", [1, 2, 5])
-@pytest.mark.parametrize("padded", [False, True])
-def test_values_and_gradients_equal_chunked_and_dense(length, dim, heads, steps, padded):
-    """L = 40 is not a multiple of the 16-wide tile and D = 24 pads to 32 (one head there: the interpreter is slow).
-    Padding: sequence 0 from position 9 on (at L = 40 its last two tiles hold no real token at all), sequence 1 its
-    first 3 positions. The dense reference runs in float64, so it checks the kernels' float32 rounding, not only their
-    agreement with the chunked path."""
+def check_against_chunked_and_dense(length, dim, heads, steps, padded, causal, **options) -> None:
+    """Values and gradients of ``triton_sinkformer`` equal the chunked path's (tile 7, so its tiles and the kernels'
+    differ) and the float64 dense reference's; exact zeros at padded positions."""
     q, k, v = inputs(length, dim, heads)
     valid = padding_mask(length) if padded else None
     upstream = upstream_like(q)
-    got = values_and_grads(lambda *t: kernels.triton_sinkformer(*t, valid, steps), q, k, v, upstream)
-    chunked = values_and_grads(lambda *t: chunked_sinkformer(*t, valid, steps, causal=False, tile=7), q, k, v, upstream)
+    got = values_and_grads(
+        lambda *t: kernels.triton_sinkformer(*t, valid, steps, causal=causal, **options), q, k, v, upstream
+    )
+    chunked = values_and_grads(
+        lambda *t: chunked_sinkformer(*t, valid, steps, causal=causal, tile=7), q, k, v, upstream
+    )
     exact = values_and_grads(
-        lambda *t: dense_sinkformer(*t, valid, steps), *(t.detach().double().requires_grad_() for t in (q, k, v)),
-        upstream.double(),
+        lambda *t: dense_sinkformer(*t, valid, steps, causal),
+        *(t.detach().double().requires_grad_() for t in (q, k, v)), upstream.double(),
     )  # fmt: skip
     for name, a, b, c in zip(("out", "dq", "dk", "dv"), got, chunked, exact, strict=True):
         assert_tight(a, b, f"{name} against the chunked path")
@@ -82,17 +86,39 @@ def test_values_and_gradients_equal_chunked_and_dense(length, dim, heads, steps,
             assert tensor[padding].abs().max() == 0, f"{name} is not exactly 0 at padded positions"
 
 
-def test_fully_padded_sequence_gives_zeros():
+@pytest.mark.parametrize(("length", "dim", "heads"), [(16, 16, 2), (40, 24, 1)])
+@pytest.mark.parametrize("steps", [1, 2, 5])
+@pytest.mark.parametrize("padded", [False, True])
+def test_values_and_gradients_equal_chunked_and_dense(length, dim, heads, steps, padded):
+    """L = 40 is not a multiple of the 16-wide tile and D = 24 pads to 32 (one head there: the interpreter is slow).
+    Padding: sequence 0 from position 9 on (at L = 40 its last two tiles hold no real token at all), sequence 1 its
+    first 3 positions. The dense reference runs in float64, so it checks the kernels' float32 rounding, not only their
+    agreement with the chunked path."""
+    check_against_chunked_and_dense(length, dim, heads, steps, padded, causal=False)
+
+
+@pytest.mark.parametrize(("length", "dim", "heads"), [(16, 16, 2), (40, 24, 1)])
+@pytest.mark.parametrize("steps", [1, 2, 5])
+@pytest.mark.parametrize("padded", [False, True])
+def test_causal_values_and_gradients_equal_chunked_and_dense(length, dim, heads, steps, padded):
+    """The causal kernel's forward and the chunked backward it hands its carries to. The backward's tile is one kernel
+    tile (16), so at L = 40 the backward has 3 tiles, a checkpoint every 2, and starts its last segment from the
+    carries the kernel saved after 32 rows. At L = 16 the padded sequence 0 holds keys beyond its last real query."""
+    check_against_chunked_and_dense(length, dim, heads, steps, padded, causal=True, tile=16)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_fully_padded_sequence_gives_zeros(causal):
     """A sequence with no real token beside a real one: zeros out and zero gradients there, no NaN anywhere."""
     length, dim, steps = 16, 16, 3
     q, k, v = inputs(length, dim)
     valid = torch.ones(2, length, dtype=torch.bool, device=DEVICE)
     valid[1] = False
     upstream = upstream_like(q)
-    got = values_and_grads(lambda *t: kernels.triton_sinkformer(*t, valid, steps), q, k, v, upstream)
+    got = values_and_grads(lambda *t: kernels.triton_sinkformer(*t, valid, steps, causal=causal), q, k, v, upstream)
     alone = values_and_grads(
-        lambda *t: kernels.triton_sinkformer(*t, None, steps), *(t[:1].detach().requires_grad_() for t in (q, k, v)),
-        upstream[:1],
+        lambda *t: kernels.triton_sinkformer(*t, None, steps, causal=causal),
+        *(t[:1].detach().requires_grad_() for t in (q, k, v)), upstream[:1],
     )  # fmt: skip
     for name, tensor, single in zip(("out", "dq", "dk", "dv"), got, alone, strict=True):
         assert torch.isfinite(tensor).all(), name
@@ -127,3 +153,20 @@ def test_invalid_iterations_named():
     q, k, v = inputs(16, 16)
     with pytest.raises(ValueError, match="iterations must be >= 1"):
         kernels.triton_sinkformer(q, k, v, None, 0)
+
+
+def test_causal_backward_tile_must_fit_the_kernel_tiles():
+    q, k, v = inputs(16, 16)
+    with pytest.raises(ValueError, match="multiple of 16, got 20"):
+        kernels.triton_sinkformer(q, k, v, None, 2, causal=True, tile=20)
+
+
+def test_switched_off_by_the_triton_switch(monkeypatch):
+    """``ATTNBENCH_TRITON_CUDA=0`` turns these kernels off as it does the other Triton kernels (sinkformer then runs the
+    chunked path); any other value leaves them on."""
+    q = torch.zeros(1, 1, 16, 16, device=DEVICE)
+    monkeypatch.setenv("TRITON_INTERPRET", "1" if DEVICE == "cpu" else "0")
+    monkeypatch.setenv("ATTNBENCH_TRITON_CUDA", "1")
+    assert kernels.available(q)
+    monkeypatch.setenv("ATTNBENCH_TRITON_CUDA", "0")
+    assert not kernels.available(q)
