@@ -79,6 +79,11 @@ if triton is not None:
         tl.store(ptr + base + rows[:, None] * D + dims[None, :], tile.to(ptr.dtype.element_ty), mask)
 
     @triton.jit
+    def _add_rows(ptr, base, rows, length, tile, D: tl.constexpr, BD: tl.constexpr):
+        """Adds the (rows, BD) ``tile`` to the (length, D) matrix at ``base`` (read, add, write: one program only)."""
+        _store_rows(ptr, base, rows, length, _load_rows(ptr, base, rows, length, D, BD) + tile, D, BD)
+
+    @triton.jit
     def _load_vector(ptr, base, index, length):
         """Entries ``index`` of the float32 vector at ``base``; 0 past the end."""
         return tl.load(ptr + base + index, index < length, 0.0)
@@ -527,13 +532,9 @@ if triton is not None:
                                            entering_adjoint, obase, plane, length, steps, 0, True)  # fmt: skip
                     acc += tl.dot(ds.to(kt.dtype), kt, input_precision=PRECISION)
                     grad_k = tl.dot(tl.trans(ds).to(qt.dtype), qt, input_precision=PRECISION) * scale
-                    _store_rows(
-                        dk_ptr, base, cols, length, _load_rows(dk_ptr, base, cols, length, D, BD) + grad_k, D, BD
-                    )
+                    _add_rows(dk_ptr, base, cols, length, grad_k, D, BD)
                     grad_v = tl.dot(tl.trans(p).to(grad_o.dtype), grad_o, input_precision=PRECISION)
-                    _store_rows(
-                        dv_ptr, base, cols, length, _load_rows(dv_ptr, base, cols, length, D, BD) + grad_v, D, BD
-                    )
+                    _add_rows(dv_ptr, base, cols, length, grad_v, D, BD)
                 _store_rows(dq_ptr, base, rows, length, acc * scale, D, BD)
                 tl.debug_barrier()  # the tile above reads the carries' adjoints and adds to dK, dV
 
