@@ -1,7 +1,6 @@
-"""The Triton kernels of the Sinkformer (non-causal: forward and backward; causal: the forward, with the chunked
-backward): values and gradients against the chunked path and against the dense balancing of the full score matrix.
-Under Triton's interpreter (no GPU) on CPU tensors; on CUDA tensors where a GPU is present and ``TRITON_INTERPRET`` is
-not 1."""
+"""The Triton kernels of the Sinkformer (forward and backward, non-causal and causal): values and gradients against
+the chunked path and against the dense balancing of the full score matrix. Under Triton's interpreter (no GPU) on CPU
+tensors; on CUDA tensors where a GPU is present and ``TRITON_INTERPRET`` is not 1."""
 
 from __future__ import annotations
 
@@ -98,13 +97,21 @@ def test_values_and_gradients_equal_chunked_and_dense(length, dim, heads, steps,
 
 
 @pytest.mark.parametrize(("length", "dim", "heads"), [(16, 16, 2), (40, 24, 1)])
-@pytest.mark.parametrize("steps", [1, 2, 5])
+@pytest.mark.parametrize("steps", [1, 3, 4])
 @pytest.mark.parametrize("padded", [False, True])
 def test_causal_values_and_gradients_equal_chunked_and_dense(length, dim, heads, steps, padded):
-    """The causal kernel's forward and the chunked backward it hands its carries to. The backward's tile is one kernel
-    tile (16), so at L = 40 the backward has 3 tiles, a checkpoint every 2, and starts its last segment from the
-    carries the kernel saved after 32 rows. At L = 16 the padded sequence 0 holds keys beyond its last real query."""
+    """The causal forward and backward kernels. Steps: rows only; a column step between two row steps; two column
+    steps, the last one last. The checkpoint tile is one kernel tile (16), so at L = 40 there are 3 tiles and a
+    checkpoint every 2: the backward recomputes the carries entering tile 1 from the checkpoint before tile 0, and
+    walks two segments, the last one from the carries saved after 32 rows. At L = 16 the padded sequence 0 holds keys
+    beyond its last real query."""
     check_against_chunked_and_dense(length, dim, heads, steps, padded, causal=True, tile=16)
+
+
+def test_causal_gradients_with_a_wider_checkpoint_tile():
+    """A checkpoint tile of 32 rows at L = 40: one segment of three kernel tiles, whose carries the backward
+    recomputes one after the other from the checkpoint before the first."""
+    check_against_chunked_and_dense(40, 16, 1, 2, True, causal=True, tile=32)
 
 
 @pytest.mark.parametrize("causal", [False, True])
