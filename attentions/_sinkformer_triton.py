@@ -1,6 +1,6 @@
 """Triton kernels of the chunked Sinkformer (``_sinkformer_chunked``) without the L x L matrix: every pass recomputes
-its score tiles in SRAM from q and k and keeps only per-row or per-column vectors. Non-causal: forward and backward.
-Causal: the forward; the backward is the chunked path's, from the carries this forward saves.
+its score tiles in SRAM from q and k and keeps only per-row or per-column vectors (non-causal) or per-column carries
+(causal). Both variants: forward and backward.
 
 Forward, one launch per balancing step: a row step reduces each query tile over all key tiles (``r_i = LSE_j (S_ij -
 c_j)``), a column step each key tile over all query tiles (``c_j = LSE_i (S_ij - r_i)``), both with an online
@@ -26,12 +26,26 @@ step of a tile is a prefix scan down the tile started from that carry. Each row 
 key tiles up to the diagonal, replaying each key tile through the earlier steps (O(steps^2) subtractions and scans
 per entry, one score product per sweep); a last sweep forms ``exp(x) V`` and moves the carries past the tile. Before
 every checkpoint tile of the chunked backward the carries are copied out, in the layout ``_CausalSinkformer.forward``
-saves, so that backward runs unchanged. The parallelism is batch * heads programs only: the walk down the tiles is
-sequential by the definition of the causal column step.
+saves (``triton_causal_forward`` hands them over in its dtype, so the chunked backward can run on them). The
+parallelism is batch * heads programs only: the walk down the tiles is sequential by the definition of the causal
+column step.
+
+Causal backward, one launch, one program per (batch, head), computing what ``_CausalSinkformer.backward`` computes from
+the same checkpoints (kept in float32): it walks up the query tiles. Per segment of tiles between two checkpoints, last
+first, it runs the segment's forward again from its checkpoint, storing the carries entering each tile in a scratch
+buffer (one set of carries per 16-row tile of the segment) and the tiles' row offsets. Then per tile, last first, from
+``g = P * dP`` each step is undone in reverse on each key tile: a row step's ``g - W * rowsum(g)`` needs its row sums
+over all key tiles, so every row step costs one sweep over the key tiles that stores them; a column step's is a
+reverse scan up the tile's rows (``A_i = sum_{i' >= i} a_i' exp(P_i - P_i')``, ``a = -g`` plus the adjoint of the
+carry leaving the tile on its last row), which also gives the adjoint of the carry entering the tile. A last sweep
+forms ``dS`` per key tile into dQ (registers), dK and dV (float32 in global memory, added to across query tiles; only
+this program writes this head's rows, so no atomics). Each sweep replays each key tile through the steps, O(steps^3)
+subtractions and scans per entry in all; working memory is the scratch carries, O(every * steps / 2 * L) per (batch,
+head), ``every`` the kernel tiles per checkpoint.
 
 ``ATTNBENCH_TRITON_CUDA=0`` switches these kernels off with the other Triton kernels (``sinkformer`` then runs the
-chunked path). The kernels are tested on the CPU under ``TRITON_INTERPRET=1`` only; they have not run compiled on a
-GPU (the interpreter ignores the barriers between the causal kernel's sweeps and has no register limit).
+chunked path). The kernels are tested on the CPU under ``TRITON_INTERPRET=1`` only; none of them has run compiled on
+a GPU (the interpreter ignores the barriers between the causal kernels' sweeps and has no register limit).
 """
 
 from __future__ import annotations
@@ -747,8 +761,8 @@ def triton_sinkformer(
     tile: int = DEFAULT_TILE,
 ) -> torch.Tensor:
     """Sinkformer for (B, H, L, D) inputs, ``valid`` (B, L) bool marking real tokens (None = all real); the chunked
-    path's values and gradients, in Triton kernels (causal: the forward; its backward is the chunked one, over query
-    tiles of ``tile`` rows, a multiple of ``BLOCK``)."""
+    path's values and gradients, in Triton kernels (causal: with the chunked path's carry checkpoints, every
+    ~sqrt(tiles) tiles of ``tile`` rows, a multiple of ``BLOCK``)."""
     if steps < 1:
         raise ValueError(f"sinkformer: iterations must be >= 1, got {steps}")
     if causal:
