@@ -659,7 +659,7 @@ def _causal_settings(q: torch.Tensor, steps: int, tile: int) -> tuple[int, int]:
     """The chunked path's checkpoint ``segment`` (in tiles of ``tile`` rows) and the kernel tiles between two
     checkpoints."""
     if tile % BLOCK:
-        raise ValueError(f"sinkformer: the causal backward's tile must be a multiple of {BLOCK}, got {tile}")
+        raise ValueError(f"sinkformer: the causal checkpoint tile must be a multiple of {BLOCK}, got {tile}")
     segment = checkpoint_segment(triton.cdiv(q.shape[2], tile))
     return segment, segment * (tile // BLOCK)
 

@@ -121,6 +121,22 @@ def test_causal_gradients_with_a_wider_checkpoint_tile():
     check_against_chunked_and_dense(40, 16, 1, 2, True, causal=True, tile=32)
 
 
+def test_causal_checkpoints_equal_the_chunked_forward():
+    """The carries the causal forward kernel saves (which its backward starts from) equal, in layout and value, those
+    the chunked forward saves for its backward: two column steps, padding, checkpoints before rows 0 and 32."""
+    q, k, v = (t.detach() for t in inputs(40, 16, heads=1))
+    valid = padding_mask(40)
+    _, saved, segment = kernels.triton_causal_forward(q, k, v, valid, 4, 16)
+    chunked = chunked_sinkformer(*(t.clone().requires_grad_() for t in (q, k, v)), valid, 4, causal=True, tile=16)
+    want = chunked.grad_fn.saved_tensors[-1]
+    assert segment == 2 and saved.shape == want.shape == (2, 2, 2, 1, 40)
+    floor = torch.finfo(want.dtype).min  # the carry of a column with nothing allowed above yet
+    nothing_above = want == floor
+    assert torch.equal(saved == floor, nothing_above)
+    assert 0 < int((~nothing_above).sum()) < want.numel()
+    assert_tight(saved[~nothing_above], want[~nothing_above], "saved carries")
+
+
 @pytest.mark.parametrize("causal", [False, True])
 def test_fully_padded_sequence_gives_zeros(causal):
     """A sequence with no real token beside a real one: zeros out and zero gradients there, no NaN anywhere."""
