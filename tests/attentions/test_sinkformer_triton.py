@@ -138,6 +138,24 @@ def test_causal_checkpoints_equal_the_chunked_forward():
 
 
 @pytest.mark.parametrize("causal", [False, True])
+def test_half_precision_inputs_follow_the_float32_chunked_path(causal):
+    """float16 inputs (tile products in float16, the rest float32): values and gradients within float16 rounding of
+    the chunked path's in float32, in the inputs' dtype."""
+    q, k, v = (t.detach() for t in inputs(32, 16, heads=1))
+    upstream = upstream_like(q)
+
+    def run(fn, dtype):
+        leaves = [t.to(dtype).requires_grad_() for t in (q, k, v)]
+        return values_and_grads(fn, *leaves, upstream.to(dtype))
+
+    got = run(lambda *t: kernels.triton_sinkformer(*t, None, 3, causal=causal, tile=16), torch.float16)
+    want = run(lambda *t: chunked_sinkformer(*t, None, 3, causal=causal, tile=16), torch.float32)
+    for name, a, b in zip(("out", "dq", "dk", "dv"), got, want, strict=True):
+        assert a.dtype == torch.float16, name
+        torch.testing.assert_close(a.float(), b, atol=3e-3 * b.abs().max().item(), rtol=0, msg=name)
+
+
+@pytest.mark.parametrize("causal", [False, True])
 def test_fully_padded_sequence_gives_zeros(causal):
     """A sequence with no real token beside a real one: zeros out and zero gradients there, no NaN anywhere."""
     length, dim, steps = 16, 16, 3
