@@ -32,16 +32,18 @@ column step.
 
 Causal backward, one launch, one program per (batch, head), computing what ``_CausalSinkformer.backward`` computes from
 the same checkpoints (kept in float32): it walks up the query tiles. Per segment of tiles between two checkpoints, last
-first, it runs the segment's forward again from its checkpoint, storing the carries entering each tile in a scratch
-buffer (one set of carries per 16-row tile of the segment) and the tiles' row offsets. Then per tile, last first, from
+first, it runs the segment's forward again from its checkpoint, storing the tiles' row offsets and the carries entering
+each of the chunked path's tiles (``tile`` rows) in a scratch buffer in global memory; per such tile, last first, it
+recomputes from those the carries entering each of its 16-row kernel tiles. Then per kernel tile, last first, from
 ``g = P * dP`` each step is undone in reverse on each key tile: a row step's ``g - W * rowsum(g)`` needs its row sums
 over all key tiles, so every row step costs one sweep over the key tiles that stores them; a column step's is a
 reverse scan up the tile's rows (``A_i = sum_{i' >= i} a_i' exp(P_i - P_i')``, ``a = -g`` plus the adjoint of the
 carry leaving the tile on its last row), which also gives the adjoint of the carry entering the tile. A last sweep
 forms ``dS`` per key tile into dQ (registers), dK and dV (float32 in global memory, added to across query tiles; only
 this program writes this head's rows, so no atomics). Each sweep replays each key tile through the steps, O(steps^3)
-subtractions and scans per entry in all; working memory is the scratch carries, O(every * steps / 2 * L) per (batch,
-head), ``every`` the kernel tiles per checkpoint.
+subtractions and scans per entry in all. Scratch per (batch, head): ``segment + tile / 16`` sets of ``steps // 2``
+carries of length L, the row offsets and row sums (O(steps * L)), two sets of carry adjoints; the segment's forward
+runs twice (once per level).
 
 ``ATTNBENCH_TRITON_CUDA=0`` switches these kernels off with the other Triton kernels (``sinkformer`` then runs the
 chunked path). The kernels are tested on the CPU under ``TRITON_INTERPRET=1`` only; none of them has run compiled on
@@ -473,18 +475,62 @@ if triton is not None:
         return g, p
 
     @triton.jit
-    def _causal_backward(q_ptr, k_ptr, v_ptr, do_ptr, valid_ptr, saved_ptr, norm_ptr, sums_ptr, carry_ptr, adjoint_ptr,
-                         dq_ptr, dk_ptr, dv_ptr, heads, length, steps, every, slot, scale, HAS_VALID: tl.constexpr,
-                         D: tl.constexpr, BD: tl.constexpr, BLOCK_SIZE: tl.constexpr,
+    def _causal_tile_backward(q_ptr, k_ptr, v_ptr, do_ptr, valid_ptr, norm_ptr, sums_ptr, carry_ptr, leaving_ptr,
+                              entering_ptr, dq_ptr, dk_ptr, dv_ptr, first, base, vbase, obase, plane, length, steps,
+                              scale, HAS_VALID: tl.constexpr, D: tl.constexpr, BD: tl.constexpr,
+                              BLOCK_SIZE: tl.constexpr, PRECISION: tl.constexpr):  # fmt: skip
+        """The backward of the query tile from row ``first``, given the carries entering it (``carry_ptr``), its row
+        offsets and the adjoint of the carries leaving it (``leaving_ptr``): one sweep over the key tiles per row step
+        stores the row sums that step's backward needs, then a last sweep forms ``dS`` per key tile into dQ (registers,
+        stored at the end) and dK, dV (float32 in global memory, added to: only this program writes this head's rows),
+        and the adjoint of the carries entering the tile (``entering_ptr``)."""
+        rows = first + tl.arange(0, BLOCK_SIZE)
+        qt = _load_rows(q_ptr, base, rows, length, D, BD)
+        grad_o = _load_rows(do_ptr, base, rows, length, D, BD)
+        for back_step in range(0, (steps + 1) // 2):  # row steps, last first: their row sums
+            step = steps - 1 - (steps - 1) % 2 - 2 * back_step
+            total = tl.zeros((BLOCK_SIZE,), tl.float32)
+            for start in range(0, first + BLOCK_SIZE, BLOCK_SIZE):
+                cols = start + tl.arange(0, BLOCK_SIZE)
+                kt = _load_rows(k_ptr, base, cols, length, D, BD)
+                vt = _load_rows(v_ptr, base, cols, length, D, BD)
+                s = _causal_scores(qt, kt, valid_ptr, vbase, rows, cols, length, scale, HAS_VALID, PRECISION)
+                dp = tl.dot(grad_o, tl.trans(vt), input_precision=PRECISION)
+                g, _ = _causal_unwind(s, dp, rows, cols, norm_ptr, carry_ptr, sums_ptr, leaving_ptr, entering_ptr,
+                                      obase, plane, length, steps, step + 1, False)  # fmt: skip
+                total += tl.sum(g, 1)
+            tl.store(sums_ptr + step * plane + obase + rows, total, rows < length)
+            tl.debug_barrier()
+        acc = tl.zeros((BLOCK_SIZE, BD), tl.float32)
+        for start in range(0, first + BLOCK_SIZE, BLOCK_SIZE):
+            cols = start + tl.arange(0, BLOCK_SIZE)
+            kt = _load_rows(k_ptr, base, cols, length, D, BD)
+            vt = _load_rows(v_ptr, base, cols, length, D, BD)
+            s = _causal_scores(qt, kt, valid_ptr, vbase, rows, cols, length, scale, HAS_VALID, PRECISION)
+            dp = tl.dot(grad_o, tl.trans(vt), input_precision=PRECISION)
+            ds, p = _causal_unwind(s, dp, rows, cols, norm_ptr, carry_ptr, sums_ptr, leaving_ptr, entering_ptr, obase,
+                                   plane, length, steps, 0, True)  # fmt: skip
+            acc += tl.dot(ds.to(kt.dtype), kt, input_precision=PRECISION)
+            grad_k = tl.dot(tl.trans(ds).to(qt.dtype), qt, input_precision=PRECISION) * scale
+            _add_rows(dk_ptr, base, cols, length, grad_k, D, BD)
+            grad_v = tl.dot(tl.trans(p).to(grad_o.dtype), grad_o, input_precision=PRECISION)
+            _add_rows(dv_ptr, base, cols, length, grad_v, D, BD)
+        _store_rows(dq_ptr, base, rows, length, acc * scale, D, BD)
+        tl.debug_barrier()  # the tile above reads the carries' adjoints and adds to dK, dV
+
+    @triton.jit
+    def _causal_backward(q_ptr, k_ptr, v_ptr, do_ptr, valid_ptr, saved_ptr, norm_ptr, sums_ptr, carry_ptr, tile_ptr,
+                         adjoint_ptr, dq_ptr, dk_ptr, dv_ptr, heads, length, steps, every, group, slot, scale,
+                         HAS_VALID: tl.constexpr, D: tl.constexpr, BD: tl.constexpr, BLOCK_SIZE: tl.constexpr,
                          PRECISION: tl.constexpr):  # fmt: skip
-        """dQ, dK, dV of one (batch, head), walking up the query tiles, as ``_CausalSinkformer.backward`` does.
-        Per segment of ``every`` tiles (from the last): the carries entering each of its tiles are recomputed from the
-        segment's checkpoint in ``saved`` into ``carry_ptr`` (one ``slot``-sized set per tile), with the tiles' row
-        offsets. Then per tile, last first: one sweep over the key tiles per row step stores the row sums its backward
-        needs, and a last sweep forms ``dS`` per key tile into dQ (registers) and dK, dV (float32 in global memory,
-        added to across query tiles: only this program writes this head's rows), and the adjoint of the carries
-        entering the tile, which the tile above reads as the adjoint of the carries leaving it (two alternating sets
-        at ``adjoint_ptr``, zero before the last tile)."""
+        """dQ, dK, dV of one (batch, head), walking up the query tiles, as ``_CausalSinkformer.backward`` does, with
+        the carries checkpointed on two levels. Per segment of ``every`` kernel tiles (last first), the segment's
+        forward runs again from its checkpoint in ``saved``: the row offsets of all its tiles, and the carries
+        entering each group of ``group`` kernel tiles (the chunked path's tiles) into ``carry_ptr``. Per group (last
+        first), the carries entering each of its kernel tiles are recomputed into ``tile_ptr``; then its tiles are
+        differentiated, last first (``_causal_tile_backward``). Each set of carries is ``slot`` floats; the carries'
+        adjoints alternate between two sets at ``adjoint_ptr`` (the set a tile writes is the one the tile above reads;
+        zero before the last tile)."""
         bh = tl.program_id(0)
         base, vbase, obase = bh * length * D, (bh // heads) * length, bh * length
         plane = tl.num_programs(0) * length
@@ -494,63 +540,46 @@ if triton is not None:
         for back_segment in range(0, segments):
             low = (segments - 1 - back_segment) * every
             count = tl.minimum(every, tiles - low)
-            _copy_vectors(saved_ptr + (low // every) * columns * plane, carry_ptr, columns, plane, obase, length,
+            _copy_vectors(saved_ptr + (low // every) * columns * plane, tile_ptr, columns, plane, obase, length,
                           BLOCK_SIZE)  # fmt: skip
             tl.debug_barrier()
-            for index in range(0, count):  # the segment's forward again: row offsets, the carries entering each tile
+            for index in range(0, count):  # the segment's forward again: row offsets, the carries entering each group
+                if index % group == 0:
+                    _copy_vectors(tile_ptr, carry_ptr + (index // group) * slot, columns, plane, obase, length,
+                                  BLOCK_SIZE)  # fmt: skip
                 first = (low + index) * BLOCK_SIZE
                 rows = first + tl.arange(0, BLOCK_SIZE)
                 qt = _load_rows(q_ptr, base, rows, length, D, BD)
-                entering = carry_ptr + index * slot
-                _causal_row_steps(qt, rows, first, k_ptr, valid_ptr, norm_ptr, entering, base, vbase, obase, plane,
+                _causal_row_steps(qt, rows, first, k_ptr, valid_ptr, norm_ptr, tile_ptr, base, vbase, obase, plane,
                                   length, steps, scale, HAS_VALID, D, BD, BLOCK_SIZE, PRECISION)  # fmt: skip
                 if index + 1 < count:
-                    _copy_vectors(entering, entering + slot, columns, plane, obase, length, BLOCK_SIZE)
+                    _causal_last_sweep(qt, rows, first, k_ptr, v_ptr, valid_ptr, norm_ptr, tile_ptr, base, vbase,
+                                       obase, plane, length, steps, scale, HAS_VALID, D, BD, BLOCK_SIZE, PRECISION,
+                                       False)  # fmt: skip
+            groups = tl.cdiv(count, group)
+            for back_group in range(0, groups):
+                start = (groups - 1 - back_group) * group
+                size = tl.minimum(group, count - start)
+                _copy_vectors(carry_ptr + (start // group) * slot, tile_ptr, columns, plane, obase, length, BLOCK_SIZE)
+                tl.debug_barrier()
+                for index in range(0, size - 1):  # the group's forward again: the carries entering each tile
+                    first = (low + start + index) * BLOCK_SIZE
+                    rows = first + tl.arange(0, BLOCK_SIZE)
+                    qt = _load_rows(q_ptr, base, rows, length, D, BD)
+                    entering = tile_ptr + (index + 1) * slot
+                    _copy_vectors(entering - slot, entering, columns, plane, obase, length, BLOCK_SIZE)
                     tl.debug_barrier()
-                    _causal_last_sweep(qt, rows, first, k_ptr, v_ptr, valid_ptr, norm_ptr, entering + slot, base,
-                                       vbase, obase, plane, length, steps, scale, HAS_VALID, D, BD, BLOCK_SIZE,
-                                       PRECISION, False)  # fmt: skip
-            for back in range(0, count):
-                index = count - 1 - back
-                tile = low + index
-                first = tile * BLOCK_SIZE
-                rows = first + tl.arange(0, BLOCK_SIZE)
-                qt = _load_rows(q_ptr, base, rows, length, D, BD)
-                grad_o = _load_rows(do_ptr, base, rows, length, D, BD)
-                entering = carry_ptr + index * slot
-                leaving_adjoint = adjoint_ptr + (tile % 2) * slot
-                entering_adjoint = adjoint_ptr + ((tile + 1) % 2) * slot
-                for back_step in range(0, (steps + 1) // 2):  # row steps, last first: their row sums
-                    step = steps - 1 - (steps - 1) % 2 - 2 * back_step
-                    total = tl.zeros((BLOCK_SIZE,), tl.float32)
-                    for start in range(0, first + BLOCK_SIZE, BLOCK_SIZE):
-                        cols = start + tl.arange(0, BLOCK_SIZE)
-                        kt = _load_rows(k_ptr, base, cols, length, D, BD)
-                        vt = _load_rows(v_ptr, base, cols, length, D, BD)
-                        s = _causal_scores(qt, kt, valid_ptr, vbase, rows, cols, length, scale, HAS_VALID, PRECISION)
-                        dp = tl.dot(grad_o, tl.trans(vt), input_precision=PRECISION)
-                        g, _ = _causal_unwind(s, dp, rows, cols, norm_ptr, entering, sums_ptr, leaving_adjoint,
-                                              entering_adjoint, obase, plane, length, steps, step + 1,
-                                              False)  # fmt: skip
-                        total += tl.sum(g, 1)
-                    tl.store(sums_ptr + step * plane + obase + rows, total, rows < length)
-                    tl.debug_barrier()
-                acc = tl.zeros((BLOCK_SIZE, BD), tl.float32)
-                for start in range(0, first + BLOCK_SIZE, BLOCK_SIZE):
-                    cols = start + tl.arange(0, BLOCK_SIZE)
-                    kt = _load_rows(k_ptr, base, cols, length, D, BD)
-                    vt = _load_rows(v_ptr, base, cols, length, D, BD)
-                    s = _causal_scores(qt, kt, valid_ptr, vbase, rows, cols, length, scale, HAS_VALID, PRECISION)
-                    dp = tl.dot(grad_o, tl.trans(vt), input_precision=PRECISION)
-                    ds, p = _causal_unwind(s, dp, rows, cols, norm_ptr, entering, sums_ptr, leaving_adjoint,
-                                           entering_adjoint, obase, plane, length, steps, 0, True)  # fmt: skip
-                    acc += tl.dot(ds.to(kt.dtype), kt, input_precision=PRECISION)
-                    grad_k = tl.dot(tl.trans(ds).to(qt.dtype), qt, input_precision=PRECISION) * scale
-                    _add_rows(dk_ptr, base, cols, length, grad_k, D, BD)
-                    grad_v = tl.dot(tl.trans(p).to(grad_o.dtype), grad_o, input_precision=PRECISION)
-                    _add_rows(dv_ptr, base, cols, length, grad_v, D, BD)
-                _store_rows(dq_ptr, base, rows, length, acc * scale, D, BD)
-                tl.debug_barrier()  # the tile above reads the carries' adjoints and adds to dK, dV
+                    _causal_last_sweep(qt, rows, first, k_ptr, v_ptr, valid_ptr, norm_ptr, entering, base, vbase,
+                                       obase, plane, length, steps, scale, HAS_VALID, D, BD, BLOCK_SIZE, PRECISION,
+                                       False)  # fmt: skip
+                for back in range(0, size):
+                    index = size - 1 - back
+                    tile = low + start + index
+                    _causal_tile_backward(q_ptr, k_ptr, v_ptr, do_ptr, valid_ptr, norm_ptr, sums_ptr,
+                                          tile_ptr + index * slot, adjoint_ptr + (tile % 2) * slot,
+                                          adjoint_ptr + ((tile + 1) % 2) * slot, dq_ptr, dk_ptr, dv_ptr,
+                                          tile * BLOCK_SIZE, base, vbase, obase, plane, length, steps, scale,
+                                          HAS_VALID, D, BD, BLOCK_SIZE, PRECISION)  # fmt: skip
 
 
 def _launch_settings(q: torch.Tensor, valid: torch.Tensor | None) -> tuple[tuple[int, int], dict, torch.Tensor]:
@@ -707,10 +736,12 @@ def triton_causal_backward(
     saved: torch.Tensor,
     steps: int,
     every: int,
+    group: int,
     grad_out: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """dQ, dK, dV of the causal output, from the float32 carries ``_causal_kernel_forward`` saved every ``every``-th
-    kernel tile."""
+    kernel tile; ``group``: the kernel tiles per tile of the checkpoints (so per segment the carries are recomputed
+    into one set per group and one per kernel tile of a group, not one per kernel tile of the segment)."""
     batch, heads, length, dim = q.shape
     q, k, v, grad_out = (t.contiguous() for t in (q, k, v, grad_out))
     _, common, flat_valid = _launch_settings(q, valid)
@@ -718,13 +749,14 @@ def triton_causal_backward(
     work = dict(device=q.device, dtype=torch.float32)
     norms = torch.zeros(steps, planes, length, **work)
     sums = torch.zeros(steps, planes, length, **work)
-    carries = torch.empty(every, width, planes, length, **work)  # the carries entering each tile of a segment
+    # the carries entering each group of a segment, then each kernel tile of a group
+    carries = torch.empty(triton.cdiv(every, group) + group, width, planes, length, **work)
     adjoints = torch.zeros(2, width, planes, length, **work)
     grad_q = torch.empty(q.shape, **work)
     grad_k, grad_v = torch.zeros(k.shape, **work), torch.zeros(v.shape, **work)
     _causal_backward[(planes,)](
-        q, k, v, grad_out, flat_valid, saved, norms, sums, carries, adjoints, grad_q, grad_k, grad_v,
-        heads, length, steps, every, width * planes * length, dim**-0.5, **common,
+        q, k, v, grad_out, flat_valid, saved, norms, sums, carries, carries[triton.cdiv(every, group) :], adjoints,
+        grad_q, grad_k, grad_v, heads, length, steps, every, group, width * planes * length, dim**-0.5, **common,
     )  # fmt: skip
     return grad_q.to(q.dtype), grad_k.to(k.dtype), grad_v.to(v.dtype)
 
@@ -739,14 +771,14 @@ class TritonCausalSinkformer(torch.autograd.Function):
         _, every = _causal_settings(q, steps, tile)
         out, saved = _causal_kernel_forward(q, k, v, valid, steps, every)
         ctx.save_for_backward(q, k, v, valid, saved)
-        ctx.steps, ctx.every = steps, every
+        ctx.steps, ctx.every, ctx.group = steps, every, tile // BLOCK
         return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out):
         q, k, v, valid, saved = ctx.saved_tensors
-        grads = triton_causal_backward(q, k, v, valid, saved, ctx.steps, ctx.every, grad_out)
+        grads = triton_causal_backward(q, k, v, valid, saved, ctx.steps, ctx.every, ctx.group, grad_out)
         return (*grads, None, None, None)
 
 

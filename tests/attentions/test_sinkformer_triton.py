@@ -116,8 +116,9 @@ def test_causal_values_and_gradients_equal_chunked_and_dense(length, dim, heads,
 
 
 def test_causal_gradients_with_a_wider_checkpoint_tile():
-    """A checkpoint tile of 32 rows at L = 40: one segment of three kernel tiles, whose carries the backward
-    recomputes one after the other from the checkpoint before the first."""
+    """A checkpoint tile of 32 rows at L = 40: one segment of three 16-row kernel tiles in two 32-row tiles. The
+    backward recomputes the carries entering the second 32-row tile from the checkpoint, then those entering each
+    kernel tile of a 32-row tile from the carries entering it."""
     check_against_chunked_and_dense(40, 16, 1, 2, True, causal=True, tile=32)
 
 
