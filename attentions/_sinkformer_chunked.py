@@ -19,9 +19,9 @@ Memory: O(tile * L) working memory per (batch, head), O(steps * L) saved vectors
 column steps * L) saved carries (causal); nothing of size L x L.
 
 Where it runs: both variants on the CPU from ``sinkformer.CHUNKED_FROM_LENGTH`` on. On CUDA the non-causal one runs as
-Triton kernels of the same forward and backward (``_sinkformer_triton``), and the causal one's forward as a Triton
-kernel that saves the carries ``_CausalSinkformer.backward`` reads, so this module's causal backward runs there; the
-tests pin the kernels to this module.
+Triton kernels of the same forward and backward (``_sinkformer_triton``), and the causal one as Triton kernels that
+save the same carry checkpoints and compute what ``_CausalSinkformer.backward`` computes; the tests pin the kernels to
+this module.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Triton kernels of the chunked Sinkformer (``_sinkformer_chunked``) without the L x L matrix: every pass recomputes
-its score tiles in SRAM from q and k and keeps only per-row or per-column vectors. Non-causal: forward and backward.
-Causal: the forward; the backward is the chunked path's, from the carries this forward saves.
+its score tiles in SRAM from q and k and keeps only per-row or per-column vectors (non-causal) or per-column carries
+(causal). Both variants: forward and backward.
 
 Forward, one launch per balancing step: a row step reduces each query tile over all key tiles (``r_i = LSE_j (S_ij -
 c_j)``), a column step each key tile over all query tiles (``c_j = LSE_i (S_ij - r_i)``), both with an online
@@ -26,12 +26,28 @@ step of a tile is a prefix scan down the tile started from that carry. Each row 
 key tiles up to the diagonal, replaying each key tile through the earlier steps (O(steps^2) subtractions and scans
 per entry, one score product per sweep); a last sweep forms ``exp(x) V`` and moves the carries past the tile. Before
 every checkpoint tile of the chunked backward the carries are copied out, in the layout ``_CausalSinkformer.forward``
-saves, so that backward runs unchanged. The parallelism is batch * heads programs only: the walk down the tiles is
-sequential by the definition of the causal column step.
+saves (``triton_causal_forward`` hands them over in its dtype, so the chunked backward can run on them). The
+parallelism is batch * heads programs only: the walk down the tiles is sequential by the definition of the causal
+column step.
+
+Causal backward, one launch, one program per (batch, head), computing what ``_CausalSinkformer.backward`` computes from
+the same checkpoints (kept in float32): it walks up the query tiles. Per segment of tiles between two checkpoints, last
+first, it runs the segment's forward again from its checkpoint, storing the tiles' row offsets and the carries entering
+each of the chunked path's tiles (``tile`` rows) in a scratch buffer in global memory; per such tile, last first, it
+recomputes from those the carries entering each of its 16-row kernel tiles. Then per kernel tile, last first, from
+``g = P * dP`` each step is undone in reverse on each key tile: a row step's ``g - W * rowsum(g)`` needs its row sums
+over all key tiles, so every row step costs one sweep over the key tiles that stores them; a column step's is a
+reverse scan up the tile's rows (``A_i = sum_{i' >= i} a_i' exp(P_i - P_i')``, ``a = -g`` plus the adjoint of the
+carry leaving the tile on its last row), which also gives the adjoint of the carry entering the tile. A last sweep
+forms ``dS`` per key tile into dQ (registers), dK and dV (float32 in global memory, added to across query tiles; only
+this program writes this head's rows, so no atomics). Each sweep replays each key tile through the steps, O(steps^3)
+subtractions and scans per entry in all. Scratch per (batch, head): ``segment + tile / 16`` sets of ``steps // 2``
+carries of length L, the row offsets and row sums (O(steps * L)), two sets of carry adjoints; the segment's forward
+runs twice (once per level).
 
 ``ATTNBENCH_TRITON_CUDA=0`` switches these kernels off with the other Triton kernels (``sinkformer`` then runs the
-chunked path). The kernels are tested on the CPU under ``TRITON_INTERPRET=1`` only; they have not run compiled on a
-GPU (the interpreter ignores the barriers between the causal kernel's sweeps and has no register limit).
+chunked path). The kernels are tested on the CPU under ``TRITON_INTERPRET=1`` only; none of them has run compiled on
+a GPU (the interpreter ignores the barriers between the causal kernels' sweeps and has no register limit).
 """
 
 from __future__ import annotations
@@ -41,7 +57,7 @@ import os
 import torch
 from torch.autograd.function import once_differentiable
 
-from attentions._sinkformer_chunked import DEFAULT_TILE, _CausalSinkformer, checkpoint_segment
+from attentions._sinkformer_chunked import DEFAULT_TILE, checkpoint_segment
 
 try:
     import triton
@@ -77,6 +93,11 @@ if triton is not None:
         dims = tl.arange(0, BD)
         mask = (rows[:, None] < length) & (dims[None, :] < D)
         tl.store(ptr + base + rows[:, None] * D + dims[None, :], tile.to(ptr.dtype.element_ty), mask)
+
+    @triton.jit
+    def _add_rows(ptr, base, rows, length, tile, D: tl.constexpr, BD: tl.constexpr):
+        """Adds the (rows, BD) ``tile`` to the (length, D) matrix at ``base`` (read, add, write: one program only)."""
+        _store_rows(ptr, base, rows, length, _load_rows(ptr, base, rows, length, D, BD) + tile, D, BD)
 
     @triton.jit
     def _load_vector(ptr, base, index, length):
@@ -299,38 +320,92 @@ if triton is not None:
         return tl.where(cols[None, :] <= rows[:, None], s, float("-inf"))
 
     @triton.jit
+    def _carried_prefix(x, carry):
+        """Per entry of the tile ``x``, the log-sum of its column over the rows above the tile (``carry``, -inf while
+        nothing above is allowed) and the tile's rows up to it; -inf while nothing is allowed."""
+        carried = tl.where(carry == float("-inf"), 0.0, 1.0)
+        top, total = _prefix_pairs(x)
+        top, total = _lse_combine(carry[None, :], carried[None, :], top, total)
+        return top + tl.log(total)
+
+    @triton.jit
     def _causal_balance(x, rows, cols, norm_ptr, carry_ptr, obase, plane, length, upto, UPDATE: tl.constexpr):
         """The (rows, cols) tile ``x`` of masked scores after balancing steps 0..upto-1 (-inf where not allowed).
         A row step subtracts its stored row offsets; a column step subtracts, per entry, the log-sum of its column over
-        the rows up to it: a scan inside the tile started from the carry of the rows above (``carry_ptr``, -inf while
-        nothing above is allowed). ``norm_ptr`` and ``carry_ptr`` are (steps, batch * heads, length) float32 with
-        ``plane`` a step's stride. With ``UPDATE`` each column step's carry moves past this tile's rows."""
+        the rows up to it: a scan inside the tile started from the carry of the rows above. ``norm_ptr`` is
+        (steps, batch * heads, length) float32 (row step s at s), ``carry_ptr`` (steps // 2, batch * heads, length)
+        (column step s at s // 2), ``plane`` a step's stride. With ``UPDATE`` each column step's carry moves past this
+        tile's rows."""
         for step in range(0, upto):
-            at = step * plane + obase
             if step % 2 == 0:
-                x = x - _load_vector(norm_ptr, at, rows, length)[:, None]
+                x = x - _load_vector(norm_ptr, step * plane + obase, rows, length)[:, None]
             else:
+                at = (step // 2) * plane + obase
                 carry = tl.load(carry_ptr + at + cols, cols < length, float("-inf"))
-                carried = tl.where(carry == float("-inf"), 0.0, 1.0)
-                top, total = _prefix_pairs(x)
-                top, total = _lse_combine(carry[None, :], carried[None, :], top, total)
-                prefix = top + tl.log(total)
+                prefix = _carried_prefix(x, carry)
                 if UPDATE:
                     tile_top, tile_total = _lse_partial(x, 0)
+                    carried = tl.where(carry == float("-inf"), 0.0, 1.0)
                     leaving_top, leaving_total = _lse_combine(carry, carried, tile_top, tile_total)
                     tl.store(carry_ptr + at + cols, leaving_top + tl.log(leaving_total), cols < length)
                 x = x - tl.where(prefix == float("-inf"), 0.0, prefix)
         return x
 
     @triton.jit
+    def _copy_vectors(src_ptr, dst_ptr, count, plane, obase, length, BLOCK_SIZE: tl.constexpr):
+        """Copies this (batch, head)'s entries of ``count`` (batch * heads, length) planes, ``plane`` apart."""
+        for m in range(0, count):
+            for start in range(0, length, BLOCK_SIZE):
+                cols = start + tl.arange(0, BLOCK_SIZE)
+                at = m * plane + obase + cols
+                tl.store(dst_ptr + at, tl.load(src_ptr + at, cols < length), cols < length)
+
+    @triton.jit
+    def _causal_row_steps(qt, rows, first, k_ptr, valid_ptr, norm_ptr, carry_ptr, base, vbase, obase, plane, length,
+                          steps, scale, HAS_VALID: tl.constexpr, D: tl.constexpr, BD: tl.constexpr,
+                          BLOCK_SIZE: tl.constexpr, PRECISION: tl.constexpr):  # fmt: skip
+        """The row offsets of the query tile ``rows`` (from ``first``), every row step's into ``norm_ptr``: each one
+        online log-sum-exp over the key tiles up to the diagonal, each key tile replayed through the earlier steps
+        from the carries entering the tile (``carry_ptr``)."""
+        for step in range(0, steps, 2):  # row steps: r_i = LSE_j x_ij after the steps before
+            top = tl.full((BLOCK_SIZE,), float("-inf"), tl.float32)
+            total = tl.zeros((BLOCK_SIZE,), tl.float32)
+            for start in range(0, first + BLOCK_SIZE, BLOCK_SIZE):
+                cols = start + tl.arange(0, BLOCK_SIZE)
+                kt = _load_rows(k_ptr, base, cols, length, D, BD)
+                s = _causal_scores(qt, kt, valid_ptr, vbase, rows, cols, length, scale, HAS_VALID, PRECISION)
+                x = _causal_balance(s, rows, cols, norm_ptr, carry_ptr, obase, plane, length, step, False)
+                part_top, part_total = _lse_partial(x, 1)
+                top, total = _lse_combine(top, total, part_top, part_total)
+            tl.store(norm_ptr + step * plane + obase + rows, _lse_value(top, total), rows < length)
+            tl.debug_barrier()  # the next sweep reads, in other threads, the offsets just stored
+
+    @triton.jit
+    def _causal_last_sweep(qt, rows, first, k_ptr, v_ptr, valid_ptr, norm_ptr, carry_ptr, base, vbase, obase, plane,
+                           length, steps, scale, HAS_VALID: tl.constexpr, D: tl.constexpr, BD: tl.constexpr,
+                           BLOCK_SIZE: tl.constexpr, PRECISION: tl.constexpr, OUTPUT: tl.constexpr):  # fmt: skip
+        """After ``_causal_row_steps``: moves the carries at ``carry_ptr`` past the query tile and, with ``OUTPUT``,
+        returns its rows of ``exp(x) V`` (zeros without)."""
+        acc = tl.zeros((BLOCK_SIZE, BD), tl.float32)
+        for start in range(0, first + BLOCK_SIZE, BLOCK_SIZE):
+            cols = start + tl.arange(0, BLOCK_SIZE)
+            kt = _load_rows(k_ptr, base, cols, length, D, BD)
+            s = _causal_scores(qt, kt, valid_ptr, vbase, rows, cols, length, scale, HAS_VALID, PRECISION)
+            x = _causal_balance(s, rows, cols, norm_ptr, carry_ptr, obase, plane, length, steps, True)
+            if OUTPUT:
+                vt = _load_rows(v_ptr, base, cols, length, D, BD)
+                acc += tl.dot(tl.exp(x).to(vt.dtype), vt, input_precision=PRECISION)
+        tl.debug_barrier()  # the next query tile reads the carries this one moved
+        return acc
+
+    @triton.jit
     def _causal_forward(q_ptr, k_ptr, v_ptr, valid_ptr, norm_ptr, carry_ptr, saved_ptr, o_ptr, heads, length, steps,
                         every, scale, HAS_VALID: tl.constexpr, D: tl.constexpr, BD: tl.constexpr,
                         BLOCK_SIZE: tl.constexpr, PRECISION: tl.constexpr):  # fmt: skip
         """Causal Sinkformer output of one (batch, head), walking down the query tiles in order (a column step of a
-        row reads the rows above it). Per query tile: each row step is one online log-sum-exp over the key tiles up to
-        the diagonal, each tile replayed through the earlier steps; then one more sweep forms ``exp(x) V`` and moves
-        the column steps' carries past the tile. Before every ``every``-th tile the carries are copied to ``saved``
-        ((checkpoints, steps // 2, batch * heads, length)) for the chunked backward."""
+        row reads the rows above it). Per query tile: the row steps' offsets (``_causal_row_steps``), then one more
+        sweep forms ``exp(x) V`` and moves the column steps' carries past the tile. Before every ``every``-th tile the
+        carries are copied to ``saved`` ((checkpoints, steps // 2, batch * heads, length)) for the backward."""
         bh = tl.program_id(0)
         base, vbase, obase = bh * length * D, (bh // heads) * length, bh * length
         plane = tl.num_programs(0) * length
@@ -338,36 +413,173 @@ if triton is not None:
         for first in range(0, length, BLOCK_SIZE):
             tile = first // BLOCK_SIZE
             if tile % every == 0:
-                for m in range(0, columns):
-                    for start in range(0, length, BLOCK_SIZE):
-                        cols = start + tl.arange(0, BLOCK_SIZE)
-                        carry = tl.load(carry_ptr + (2 * m + 1) * plane + obase + cols, cols < length)
-                        at = ((tile // every) * columns + m) * plane + obase
-                        tl.store(saved_ptr + at + cols, carry, cols < length)
+                checkpoint = saved_ptr + (tile // every) * columns * plane
+                _copy_vectors(carry_ptr, checkpoint, columns, plane, obase, length, BLOCK_SIZE)
             rows = first + tl.arange(0, BLOCK_SIZE)
             qt = _load_rows(q_ptr, base, rows, length, D, BD)
-            for step in range(0, steps, 2):  # row steps: r_i = LSE_j x_ij after the steps before
-                top = tl.full((BLOCK_SIZE,), float("-inf"), tl.float32)
-                total = tl.zeros((BLOCK_SIZE,), tl.float32)
-                for start in range(0, first + BLOCK_SIZE, BLOCK_SIZE):
-                    cols = start + tl.arange(0, BLOCK_SIZE)
-                    kt = _load_rows(k_ptr, base, cols, length, D, BD)
-                    s = _causal_scores(qt, kt, valid_ptr, vbase, rows, cols, length, scale, HAS_VALID, PRECISION)
-                    x = _causal_balance(s, rows, cols, norm_ptr, carry_ptr, obase, plane, length, step, False)
-                    part_top, part_total = _lse_partial(x, 1)
-                    top, total = _lse_combine(top, total, part_top, part_total)
-                tl.store(norm_ptr + step * plane + obase + rows, _lse_value(top, total), rows < length)
-                tl.debug_barrier()  # the next sweep reads, in other threads, the offsets just stored
-            acc = tl.zeros((BLOCK_SIZE, BD), tl.float32)
+            _causal_row_steps(qt, rows, first, k_ptr, valid_ptr, norm_ptr, carry_ptr, base, vbase, obase, plane, length,
+                              steps, scale, HAS_VALID, D, BD, BLOCK_SIZE, PRECISION)  # fmt: skip
+            acc = _causal_last_sweep(qt, rows, first, k_ptr, v_ptr, valid_ptr, norm_ptr, carry_ptr, base, vbase,
+                                     obase, plane, length, steps, scale, HAS_VALID, D, BD, BLOCK_SIZE, PRECISION,
+                                     True)  # fmt: skip
+            _store_rows(o_ptr, base, rows, length, acc, D, BD)
+
+    # ----------------------------------------------------------------------------------------- causal backward
+
+    @triton.jit
+    def _suffix_combine(p_below, s_below, p_above, s_above):
+        """Two row ranges of the sum ``sum_i a_i exp(P_first - P_i)`` (P a column's prefix log-sums, so it never
+        falls down the column): ``(P_first, sum)`` of the range below and of the range above, composed for a scan run
+        from the last row up. A range that starts on a prefix of nothing passes nothing up."""
+        factor = tl.where(p_above == float("-inf"), 0.0, tl.exp(p_above - p_below))
+        return p_above, s_above + factor * s_below
+
+    @triton.jit
+    def _causal_unwind(s, dp, rows, cols, norm_ptr, carry_ptr, sums_ptr, leaving_ptr, entering_ptr, obase, plane,
+                       length, steps, downto, STORE: tl.constexpr):  # fmt: skip
+        """The gradient of the loss with respect to the tile ``x`` after steps 0..downto-1 (``s``: the masked scores,
+        ``dp = dO V^T``), and ``P = exp(x)`` after all steps. From ``g = P * dp`` each step is undone in reverse: a row
+        step's ``g - W * rowsum(g)`` reads the row sums from ``sums_ptr`` (a whole row spans every key tile, so an
+        earlier sweep stored them); a column step's is ``g + W * A`` with ``A_i = sum_{i' >= i} a_i' exp(P_i - P_i')``
+        up the tile's rows, ``a = -g`` plus, on the last row, the adjoint of the carry leaving the tile
+        (``leaving_ptr``). ``W`` is the matrix after the step. With ``STORE`` the adjoint of the carry entering the
+        tile, ``exp(carry - P_first) * A_first``, goes to ``entering_ptr``. Buffers as ``_causal_balance``'s (the sums
+        as the offsets, the adjoints as the carries)."""
+        p = tl.exp(_causal_balance(s, rows, cols, norm_ptr, carry_ptr, obase, plane, length, steps, False))
+        g = p * dp
+        for back in range(0, steps - downto):
+            step = steps - 1 - back
+            x = _causal_balance(s, rows, cols, norm_ptr, carry_ptr, obase, plane, length, step, False)
+            if step % 2 == 0:
+                at = step * plane + obase
+                w = tl.exp(x - _load_vector(norm_ptr, at, rows, length)[:, None])
+                g = g - w * _load_vector(sums_ptr, at, rows, length)[:, None]
+            else:
+                at = (step // 2) * plane + obase
+                carry = tl.load(carry_ptr + at + cols, cols < length, float("-inf"))
+                prefix = _carried_prefix(x, carry)
+                w = tl.exp(x - tl.where(prefix == float("-inf"), 0.0, prefix))
+                last = (rows == tl.max(rows, 0))[:, None]
+                a = tl.where(last, _load_vector(leaving_ptr, at, cols, length)[None, :], 0.0) - g
+                _, up = tl.associative_scan((prefix, a), 0, _suffix_combine, reverse=True)
+                g = g + w * up
+                if STORE:
+                    head = rows == tl.min(rows, 0)
+                    passed = tl.where(
+                        carry == float("-inf"),
+                        0.0,
+                        tl.exp(carry - tl.max(tl.where(head[:, None], prefix, float("-inf")), 0)),
+                    )
+                    entered = passed * tl.sum(tl.where(head[:, None], up, 0.0), 0)
+                    tl.store(entering_ptr + at + cols, entered, cols < length)
+        return g, p
+
+    @triton.jit
+    def _causal_tile_backward(q_ptr, k_ptr, v_ptr, do_ptr, valid_ptr, norm_ptr, sums_ptr, carry_ptr, leaving_ptr,
+                              entering_ptr, dq_ptr, dk_ptr, dv_ptr, first, base, vbase, obase, plane, length, steps,
+                              scale, HAS_VALID: tl.constexpr, D: tl.constexpr, BD: tl.constexpr,
+                              BLOCK_SIZE: tl.constexpr, PRECISION: tl.constexpr):  # fmt: skip
+        """The backward of the query tile from row ``first``, given the carries entering it (``carry_ptr``), its row
+        offsets and the adjoint of the carries leaving it (``leaving_ptr``): one sweep over the key tiles per row step
+        stores the row sums that step's backward needs, then a last sweep forms ``dS`` per key tile into dQ (registers,
+        stored at the end) and dK, dV (float32 in global memory, added to: only this program writes this head's rows),
+        and the adjoint of the carries entering the tile (``entering_ptr``)."""
+        rows = first + tl.arange(0, BLOCK_SIZE)
+        qt = _load_rows(q_ptr, base, rows, length, D, BD)
+        grad_o = _load_rows(do_ptr, base, rows, length, D, BD)
+        for back_step in range(0, (steps + 1) // 2):  # row steps, last first: their row sums
+            step = steps - 1 - (steps - 1) % 2 - 2 * back_step
+            total = tl.zeros((BLOCK_SIZE,), tl.float32)
             for start in range(0, first + BLOCK_SIZE, BLOCK_SIZE):
                 cols = start + tl.arange(0, BLOCK_SIZE)
                 kt = _load_rows(k_ptr, base, cols, length, D, BD)
-                s = _causal_scores(qt, kt, valid_ptr, vbase, rows, cols, length, scale, HAS_VALID, PRECISION)
-                x = _causal_balance(s, rows, cols, norm_ptr, carry_ptr, obase, plane, length, steps, True)
                 vt = _load_rows(v_ptr, base, cols, length, D, BD)
-                acc += tl.dot(tl.exp(x).to(vt.dtype), vt, input_precision=PRECISION)
-            _store_rows(o_ptr, base, rows, length, acc, D, BD)
-            tl.debug_barrier()  # the next query tile reads the carries this one moved
+                s = _causal_scores(qt, kt, valid_ptr, vbase, rows, cols, length, scale, HAS_VALID, PRECISION)
+                dp = tl.dot(grad_o, tl.trans(vt), input_precision=PRECISION)
+                g, _ = _causal_unwind(s, dp, rows, cols, norm_ptr, carry_ptr, sums_ptr, leaving_ptr, entering_ptr,
+                                      obase, plane, length, steps, step + 1, False)  # fmt: skip
+                total += tl.sum(g, 1)
+            tl.store(sums_ptr + step * plane + obase + rows, total, rows < length)
+            tl.debug_barrier()
+        acc = tl.zeros((BLOCK_SIZE, BD), tl.float32)
+        for start in range(0, first + BLOCK_SIZE, BLOCK_SIZE):
+            cols = start + tl.arange(0, BLOCK_SIZE)
+            kt = _load_rows(k_ptr, base, cols, length, D, BD)
+            vt = _load_rows(v_ptr, base, cols, length, D, BD)
+            s = _causal_scores(qt, kt, valid_ptr, vbase, rows, cols, length, scale, HAS_VALID, PRECISION)
+            dp = tl.dot(grad_o, tl.trans(vt), input_precision=PRECISION)
+            ds, p = _causal_unwind(s, dp, rows, cols, norm_ptr, carry_ptr, sums_ptr, leaving_ptr, entering_ptr, obase,
+                                   plane, length, steps, 0, True)  # fmt: skip
+            acc += tl.dot(ds.to(kt.dtype), kt, input_precision=PRECISION)
+            grad_k = tl.dot(tl.trans(ds).to(qt.dtype), qt, input_precision=PRECISION) * scale
+            _add_rows(dk_ptr, base, cols, length, grad_k, D, BD)
+            grad_v = tl.dot(tl.trans(p).to(grad_o.dtype), grad_o, input_precision=PRECISION)
+            _add_rows(dv_ptr, base, cols, length, grad_v, D, BD)
+        _store_rows(dq_ptr, base, rows, length, acc * scale, D, BD)
+        tl.debug_barrier()  # the tile above reads the carries' adjoints and adds to dK, dV
+
+    @triton.jit
+    def _causal_backward(q_ptr, k_ptr, v_ptr, do_ptr, valid_ptr, saved_ptr, norm_ptr, sums_ptr, carry_ptr, tile_ptr,
+                         adjoint_ptr, dq_ptr, dk_ptr, dv_ptr, heads, length, steps, every, group, slot, scale,
+                         HAS_VALID: tl.constexpr, D: tl.constexpr, BD: tl.constexpr, BLOCK_SIZE: tl.constexpr,
+                         PRECISION: tl.constexpr):  # fmt: skip
+        """dQ, dK, dV of one (batch, head), walking up the query tiles, as ``_CausalSinkformer.backward`` does, with
+        the carries checkpointed on two levels. Per segment of ``every`` kernel tiles (last first), the segment's
+        forward runs again from its checkpoint in ``saved``: the row offsets of all its tiles, and the carries
+        entering each group of ``group`` kernel tiles (the chunked path's tiles) into ``carry_ptr``. Per group (last
+        first), the carries entering each of its kernel tiles are recomputed into ``tile_ptr``; then its tiles are
+        differentiated, last first (``_causal_tile_backward``). Each set of carries is ``slot`` floats; the carries'
+        adjoints alternate between two sets at ``adjoint_ptr`` (the set a tile writes is the one the tile above reads;
+        zero before the last tile)."""
+        bh = tl.program_id(0)
+        base, vbase, obase = bh * length * D, (bh // heads) * length, bh * length
+        plane = tl.num_programs(0) * length
+        columns = steps // 2
+        tiles = tl.cdiv(length, BLOCK_SIZE)
+        segments = tl.cdiv(tiles, every)
+        for back_segment in range(0, segments):
+            low = (segments - 1 - back_segment) * every
+            count = tl.minimum(every, tiles - low)
+            _copy_vectors(saved_ptr + (low // every) * columns * plane, tile_ptr, columns, plane, obase, length,
+                          BLOCK_SIZE)  # fmt: skip
+            tl.debug_barrier()
+            for index in range(0, count):  # the segment's forward again: row offsets, the carries entering each group
+                if index % group == 0:
+                    _copy_vectors(tile_ptr, carry_ptr + (index // group) * slot, columns, plane, obase, length,
+                                  BLOCK_SIZE)  # fmt: skip
+                first = (low + index) * BLOCK_SIZE
+                rows = first + tl.arange(0, BLOCK_SIZE)
+                qt = _load_rows(q_ptr, base, rows, length, D, BD)
+                _causal_row_steps(qt, rows, first, k_ptr, valid_ptr, norm_ptr, tile_ptr, base, vbase, obase, plane,
+                                  length, steps, scale, HAS_VALID, D, BD, BLOCK_SIZE, PRECISION)  # fmt: skip
+                if index + 1 < count:
+                    _causal_last_sweep(qt, rows, first, k_ptr, v_ptr, valid_ptr, norm_ptr, tile_ptr, base, vbase,
+                                       obase, plane, length, steps, scale, HAS_VALID, D, BD, BLOCK_SIZE, PRECISION,
+                                       False)  # fmt: skip
+            groups = tl.cdiv(count, group)
+            for back_group in range(0, groups):
+                start = (groups - 1 - back_group) * group
+                size = tl.minimum(group, count - start)
+                _copy_vectors(carry_ptr + (start // group) * slot, tile_ptr, columns, plane, obase, length, BLOCK_SIZE)
+                tl.debug_barrier()
+                for index in range(0, size - 1):  # the group's forward again: the carries entering each tile
+                    first = (low + start + index) * BLOCK_SIZE
+                    rows = first + tl.arange(0, BLOCK_SIZE)
+                    qt = _load_rows(q_ptr, base, rows, length, D, BD)
+                    entering = tile_ptr + (index + 1) * slot
+                    _copy_vectors(entering - slot, entering, columns, plane, obase, length, BLOCK_SIZE)
+                    tl.debug_barrier()
+                    _causal_last_sweep(qt, rows, first, k_ptr, v_ptr, valid_ptr, norm_ptr, entering, base, vbase,
+                                       obase, plane, length, steps, scale, HAS_VALID, D, BD, BLOCK_SIZE, PRECISION,
+                                       False)  # fmt: skip
+                for back in range(0, size):
+                    index = size - 1 - back
+                    tile = low + start + index
+                    _causal_tile_backward(q_ptr, k_ptr, v_ptr, do_ptr, valid_ptr, norm_ptr, sums_ptr,
+                                          tile_ptr + index * slot, adjoint_ptr + (tile % 2) * slot,
+                                          adjoint_ptr + ((tile + 1) % 2) * slot, dq_ptr, dk_ptr, dv_ptr,
+                                          tile * BLOCK_SIZE, base, vbase, obase, plane, length, steps, scale,
+                                          HAS_VALID, D, BD, BLOCK_SIZE, PRECISION)  # fmt: skip
 
 
 def _launch_settings(q: torch.Tensor, valid: torch.Tensor | None) -> tuple[tuple[int, int], dict, torch.Tensor]:
@@ -472,44 +684,102 @@ class TritonSinkformer(torch.autograd.Function):
         return (*triton_backward(q, k, v, out, valid, vectors, grad_out), None, None)
 
 
+def _causal_settings(q: torch.Tensor, steps: int, tile: int) -> tuple[int, int]:
+    """The chunked path's checkpoint ``segment`` (in tiles of ``tile`` rows) and the kernel tiles between two
+    checkpoints."""
+    if tile % BLOCK:
+        raise ValueError(f"sinkformer: the causal checkpoint tile must be a multiple of {BLOCK}, got {tile}")
+    segment = checkpoint_segment(triton.cdiv(q.shape[2], tile))
+    return segment, segment * (tile // BLOCK)
+
+
+def _causal_kernel_forward(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, valid: torch.Tensor | None, steps: int, every: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Causal output, and the float32 carries (-inf where nothing allowed is above) entering every ``every``-th kernel
+    tile, (checkpoints, max(steps // 2, 1), B, H, L): at least one column step's room, since a launch on CUDA may
+    refuse an empty tensor's null pointer."""
+    batch, heads, length, dim = q.shape
+    _, common, flat_valid = _launch_settings(q, valid)
+    columns = steps // 2
+    work = dict(device=q.device, dtype=torch.float32)
+    norms = torch.zeros(steps, batch * heads, length, **work)
+    carries = torch.full((max(columns, 1), batch * heads, length), float("-inf"), **work)
+    saved = torch.empty(triton.cdiv(triton.cdiv(length, BLOCK), every), max(columns, 1), batch, heads, length, **work)
+    out = torch.empty_like(q)
+    _causal_forward[(batch * heads,)](
+        q, k, v, flat_valid, norms, carries, saved, out, heads, length, steps, every, dim**-0.5, **common
+    )
+    return out, saved
+
+
 def triton_causal_forward(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, valid: torch.Tensor | None, steps: int, tile: int
 ) -> tuple[torch.Tensor, torch.Tensor, int]:
     """Causal output (B, H, L, D), and the column steps' carries entering every ``segment``-th ``tile`` of query rows
     with that ``segment``, in the layout and dtype ``_CausalSinkformer.forward`` saves them (masked carries at the
     dtype's floor; an empty tensor without column steps)."""
-    if tile % BLOCK:
-        raise ValueError(f"sinkformer: the causal backward's tile must be a multiple of {BLOCK}, got {tile}")
-    batch, heads, length, dim = q.shape
     q, k, v = (t.contiguous() for t in (q, k, v))
-    _, common, flat_valid = _launch_settings(q, valid)
-    columns, segment = steps // 2, checkpoint_segment(triton.cdiv(length, tile))
-    every = segment * (tile // BLOCK)  # kernel tiles per checkpoint
-    work = dict(device=q.device, dtype=torch.float32)
-    norms = torch.zeros(steps, batch * heads, length, **work)
-    carries = torch.full((steps, batch * heads, length), float("-inf"), **work)
-    # at least one column step's room: a launch on CUDA may refuse an empty tensor's null pointer
-    saved = torch.empty(triton.cdiv(triton.cdiv(length, BLOCK), every), max(columns, 1), batch, heads, length, **work)
-    out = torch.empty_like(q)
-    _causal_forward[(batch * heads,)](
-        q, k, v, flat_valid, norms, carries, saved, out, heads, length, steps, every, dim**-0.5, **common
-    )
-    if not columns:
+    segment, every = _causal_settings(q, steps, tile)
+    out, saved = _causal_kernel_forward(q, k, v, valid, steps, every)
+    if steps < 2:
         return out, q.new_zeros(0), segment
     floor = torch.finfo(q.dtype).min  # what the chunked forward holds where no allowed entry is above yet
     return out, torch.where(saved == float("-inf"), floor, saved).to(q.dtype), segment
 
 
-class TritonCausalSinkformer(_CausalSinkformer):
-    """Causal Sinkformer attention: the forward in the Triton kernel above, the chunked path's backward (which
-    recomputes its tiles from the carries the forward saved)."""
+def triton_causal_backward(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    valid: torch.Tensor | None,
+    saved: torch.Tensor,
+    steps: int,
+    every: int,
+    group: int,
+    grad_out: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """dQ, dK, dV of the causal output, from the float32 carries ``_causal_kernel_forward`` saved every ``every``-th
+    kernel tile; ``group``: the kernel tiles per tile of the checkpoints (so per segment the carries are recomputed
+    into one set per group and one per kernel tile of a group, not one per kernel tile of the segment)."""
+    batch, heads, length, dim = q.shape
+    q, k, v, grad_out = (t.contiguous() for t in (q, k, v, grad_out))
+    _, common, flat_valid = _launch_settings(q, valid)
+    width, planes = max(steps // 2, 1), batch * heads
+    work = dict(device=q.device, dtype=torch.float32)
+    norms = torch.zeros(steps, planes, length, **work)
+    sums = torch.zeros(steps, planes, length, **work)
+    # the carries entering each group of a segment, then each kernel tile of a group
+    carries = torch.empty(triton.cdiv(every, group) + group, width, planes, length, **work)
+    adjoints = torch.zeros(2, width, planes, length, **work)
+    grad_q = torch.empty(q.shape, **work)
+    grad_k, grad_v = torch.zeros(k.shape, **work), torch.zeros(v.shape, **work)
+    _causal_backward[(planes,)](
+        q, k, v, grad_out, flat_valid, saved, norms, sums, carries, carries[triton.cdiv(every, group) :], adjoints,
+        grad_q, grad_k, grad_v, heads, length, steps, every, group, width * planes * length, dim**-0.5, **common,
+    )  # fmt: skip
+    return grad_q.to(q.dtype), grad_k.to(k.dtype), grad_v.to(v.dtype)
+
+
+class TritonCausalSinkformer(torch.autograd.Function):
+    """Causal Sinkformer attention, forward and backward in the Triton kernels above; the backward computes what
+    ``_CausalSinkformer.backward`` does, from the same checkpoints (kept in float32)."""
 
     @staticmethod
     def forward(ctx, q, k, v, valid, steps, tile):
-        out, saved, segment = triton_causal_forward(q, k, v, valid, steps, tile)
+        q, k, v = (t.contiguous() for t in (q, k, v))
+        _, every = _causal_settings(q, steps, tile)
+        out, saved = _causal_kernel_forward(q, k, v, valid, steps, every)
         ctx.save_for_backward(q, k, v, valid, saved)
-        ctx.steps, ctx.tile, ctx.segment = steps, tile, segment
+        ctx.steps, ctx.every, ctx.group = steps, every, tile // BLOCK
         return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out):
+        q, k, v, valid, saved = ctx.saved_tensors
+        grads = triton_causal_backward(q, k, v, valid, saved, ctx.steps, ctx.every, ctx.group, grad_out)
+        return (*grads, None, None, None)
 
 
 def triton_sinkformer(
@@ -523,8 +793,8 @@ def triton_sinkformer(
     tile: int = DEFAULT_TILE,
 ) -> torch.Tensor:
     """Sinkformer for (B, H, L, D) inputs, ``valid`` (B, L) bool marking real tokens (None = all real); the chunked
-    path's values and gradients, in Triton kernels (causal: the forward; its backward is the chunked one, over query
-    tiles of ``tile`` rows, a multiple of ``BLOCK``)."""
+    path's values and gradients, in Triton kernels (causal: with the chunked path's carry checkpoints, every
+    ~sqrt(tiles) tiles of ``tile`` rows, a multiple of ``BLOCK``)."""
     if steps < 1:
         raise ValueError(f"sinkformer: iterations must be >= 1, got {steps}")
     if causal:

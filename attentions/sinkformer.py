@@ -17,8 +17,7 @@ matrix and balances it (``log_sinkhorn``, the CPU's compiled kernel), O(L^2) mem
 per-row and per-column vectors and recomputes the scores tile by tile in every pass (``_sinkformer_chunked``), O(L)
 memory beyond a tile. The dense path runs on the CPU below ``CHUNKED_FROM_LENGTH``, the chunked one elsewhere; on
 CUDA (with Triton installed) the non-causal path, forward and backward, runs as Triton kernels of the same recursion
-(``_sinkformer_triton``), and the causal one's forward too, with the chunked backward; ``ATTNBENCH_TRITON_CUDA=0``
-keeps both on the chunked path.
+(``_sinkformer_triton``), and the causal one too; ``ATTNBENCH_TRITON_CUDA=0`` keeps both on the chunked path.
 
 Parameters: ``iterations`` (Sinkhorn normalization steps, >= 1; 1 = softmax attention).
 """
