@@ -152,3 +152,19 @@ class Labelled:
         count = len(self) if limit is None else min(limit, len(self))
         for start in range(0, count, batch_size):
             yield self.batch(range(start, min(start + batch_size, count)))
+
+
+PASSAGE_CHARS = 600  # the embedded corpus's sentences grouped into passages of about this many characters
+
+
+def passages(sentences: list[str], limit: int = PASSAGE_CHARS) -> list[str]:
+    """Consecutive sentences joined into passages of at most ``limit`` characters (a longer sentence alone): the
+    documents of the offline classification and retrieval tasks."""
+    out, current = [], ""
+    for sentence in sentences:
+        if current and len(current) + 1 + len(sentence) > limit:
+            out.append(current)
+            current = ""
+        current = f"{current} {sentence}".strip()
+    out.append(current)
+    return out

@@ -35,7 +35,7 @@ from typing import Any
 
 from tasks._hub import hub_id, path_provenance
 from tasks._labelled import Examples, LabelledTask, read_hub
-from tasks._text import data_error, default_corpus, require_dir
+from tasks._text import data_error, default_corpus, passages, require_dir
 from tasks.base import ModelSize, register_task
 
 TINY = ModelSize(layers=2, dim=128, heads=4, mlp_dim=512, dropout=0.1)  # Tensor2Tensor transformer_tiny
@@ -44,7 +44,6 @@ SETTINGS = {
     "small": {"word": (256, 16_000), "char": (1024, None), "eval": 2_000, "model": TINY},
     "paper": {"word": (512, 32_000), "char": (2048, None), "eval": None, "model": TINY},
 }
-PASSAGE_CHARS = 600
 
 
 def read_imdb(folder: Path, task: str = "classify") -> Examples:
@@ -122,14 +121,7 @@ def default_examples() -> Examples:
     out: Examples = {"train": ([], []), "test": ([], [])}
     for _, heading, body in default_corpus():
         label = int("statement" in heading.lower())
-        passages, current = [], ""
-        for sentence in body:
-            if current and len(current) + 1 + len(sentence) > PASSAGE_CHARS:
-                passages.append(current)
-                current = ""
-            current = f"{current} {sentence}".strip()
-        passages.append(current)
-        for index, passage in enumerate(passages):
+        for index, passage in enumerate(passages(body)):
             split = out["test" if index % 10 == 9 else "train"]
             split[0].append(passage)
             split[1].append(label)

@@ -31,11 +31,10 @@ import torch
 
 from attentions._registry import require_int
 from tasks._hub import path_provenance
-from tasks._text import BYTE_VOCAB, byte_ids, data_error, default_corpus, pad, require_dir, step_rng
+from tasks._text import BYTE_VOCAB, byte_ids, data_error, default_corpus, pad, passages, require_dir, step_rng
 from tasks.base import Batch, ModelSize, Task, TaskSpec, register_task
 
 FILES = {"train": "new_aan_pairs.train.tsv", "val": "new_aan_pairs.eval.tsv", "test": "new_aan_pairs.test.tsv"}
-PASSAGE_CHARS = 600
 DEFAULT_PAIRS = {"train": 2_000, "val": 128, "test": 256}
 # scale -> (bytes per document, evaluation pairs per split; None = all, model)
 SCALES = {
@@ -118,15 +117,8 @@ def default_pairs() -> Pairs:
     """split -> (passage pairs, labels) of the embedded same-topic task (module doc)."""
     groups: dict[str, list[list[str]]] = {"train": [], "val": [], "test": []}
     for index, (_, _, body) in enumerate(default_corpus()):
-        passages, current = [], ""
-        for sentence in body:
-            if current and len(current) + 1 + len(sentence) > PASSAGE_CHARS:
-                passages.append(current)
-                current = ""
-            current = f"{current} {sentence}".strip()
-        passages.append(current)
         split = "test" if index % 10 == 9 else "val" if index % 10 == 4 else "train"
-        groups[split].append(passages)
+        groups[split].append(passages(body))
     rng = np.random.default_rng(1234)
     out: Pairs = {}
     for split, topics in groups.items():
