@@ -10,14 +10,18 @@ every tenth (index 9, 19, ...) is held out for evaluation, so no sentence of an 
 
 from __future__ import annotations
 
+import json
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import torch
 
 from tasks.base import PAD_ID, Batch
+
+T = TypeVar("T")
 
 SPECIALS = ("[PAD]", "[BOS]", "[UNK]", "[SEP]")  # ids 0..3, so PAD_ID and BOS_ID keep their reserved values
 UNK_ID, SEP_ID = 2, 3
@@ -168,3 +172,16 @@ def passages(sentences: list[str], limit: int = PASSAGE_CHARS) -> list[str]:
         current = f"{current} {sentence}".strip()
     out.append(current)
     return out
+
+
+def jsonl_records(path: Path, task: str, fields: Callable[[dict], T], expected: str) -> Iterator[tuple[str, T]]:
+    """(``path:line``, ``fields(row)``) for every non-blank line of a JSON-lines file; a line that is not a JSON
+    object, or lacks what ``fields`` reads, raises the task's data error naming the file, the line and ``expected``."""
+    with path.open(encoding="utf-8") as handle:
+        for line, raw in enumerate(handle, start=1):
+            if not raw.strip():
+                continue
+            try:
+                yield f"{path}:{line}", fields(json.loads(raw))
+            except (json.JSONDecodeError, KeyError, TypeError):
+                raise data_error(task, f"{path}:{line}", expected) from None

@@ -28,14 +28,13 @@ classification, not sentiment: it exercises the same pipeline on real English.
 from __future__ import annotations
 
 import csv
-import json
 import re
 from pathlib import Path
 from typing import Any
 
 from tasks._hub import hub_id, path_provenance
 from tasks._labelled import Examples, LabelledTask, read_hub
-from tasks._text import data_error, default_corpus, passages, require_dir
+from tasks._text import data_error, default_corpus, jsonl_records, passages, require_dir
 from tasks.base import ModelSize, register_task
 
 TINY = ModelSize(layers=2, dim=128, heads=4, mlp_dim=512, dropout=0.1)  # Tensor2Tensor transformer_tiny
@@ -86,20 +85,11 @@ def _read_sst_file(path: Path, task: str) -> tuple[list[str], list[int]]:
                 texts.append(row["sentence"] or "")
                 labels.append(_label(row["label"], f"{path}:{line}", task))
     else:
-        with path.open(encoding="utf-8") as handle:
-            for line, raw in enumerate(handle, start=1):
-                if not raw.strip():
-                    continue
-                try:
-                    row = json.loads(raw)
-                    text = row["sentence"] if "sentence" in row else row["text"]
-                    label = row["label"]
-                except (json.JSONDecodeError, KeyError, TypeError):
-                    raise data_error(
-                        task, f"{path}:{line}", "a JSON object with 'sentence' (or 'text') and 'label'"
-                    ) from None
-                texts.append(text)
-                labels.append(_label(label, f"{path}:{line}", task))
+        expected = "a JSON object with 'sentence' (or 'text') and 'label'"
+        fields = lambda row: (row["sentence"] if "sentence" in row else row["text"], row["label"])  # noqa: E731
+        for where, (text, label) in jsonl_records(path, task, fields, expected):
+            texts.append(text)
+            labels.append(_label(label, where, task))
     if not texts:
         raise data_error(task, path, "at least one labelled sentence")
     return texts, labels

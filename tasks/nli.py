@@ -26,14 +26,13 @@ from the held-out topics only (one in ten).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
 from tasks._hub import hub_id, path_provenance
 from tasks._labelled import Examples, LabelledTask, read_hub
-from tasks._text import data_error, default_corpus, held_out, require_dir
+from tasks._text import data_error, default_corpus, held_out, jsonl_records, require_dir
 from tasks.base import ModelSize, register_task
 
 LABELS = {"entailment": 0, "neutral": 1, "contradiction": 2}
@@ -57,23 +56,15 @@ DEFAULT_PAIRS = {"train": 6_000, "test": 600}
 def read_nli_file(path: Path, task: str = "nli") -> tuple[list[tuple[str, str]], list[int]]:
     """(pairs, labels) of one SNLI/MultiNLI jsonl file, pairs without a gold label dropped."""
     pairs, labels = [], []
-    with path.open(encoding="utf-8") as handle:
-        for line, raw in enumerate(handle, start=1):
-            if not raw.strip():
-                continue
-            try:
-                row = json.loads(raw)
-                gold, premise, hypothesis = row["gold_label"], row["sentence1"], row["sentence2"]
-            except (json.JSONDecodeError, KeyError, TypeError):
-                raise data_error(
-                    task, f"{path}:{line}", "a JSON object with gold_label, sentence1, sentence2"
-                ) from None
-            if gold == "-":
-                continue
-            if gold not in LABELS:
-                raise data_error(task, f"{path}:{line}", f"gold_label one of {', '.join(LABELS)} or '-', got {gold!r}")
-            pairs.append((premise, hypothesis))
-            labels.append(LABELS[gold])
+    fields = lambda row: (row["gold_label"], row["sentence1"], row["sentence2"])  # noqa: E731
+    expected = "a JSON object with gold_label, sentence1, sentence2"
+    for where, (gold, premise, hypothesis) in jsonl_records(path, task, fields, expected):
+        if gold == "-":
+            continue
+        if gold not in LABELS:
+            raise data_error(task, where, f"gold_label one of {', '.join(LABELS)} or '-', got {gold!r}")
+        pairs.append((premise, hypothesis))
+        labels.append(LABELS[gold])
     if not pairs:
         raise data_error(task, path, "at least one pair with a gold label")
     return pairs, labels

@@ -109,3 +109,28 @@ def test_labels_outside_the_classes_are_refused(sst_jsonl):
 def test_bad_parameters_are_refused(bad):
     with pytest.raises(ValueError, match=next(iter(bad)) if "vocab_size" not in bad else "vocab_size"):
         tasks.build("classify", **bad)
+
+
+@pytest.mark.parametrize(
+    ("line", "task_name", "reader"),
+    [
+        ('{"sentence": "fine"}', "classify", "classify"),  # no label
+        ("not json", "nli", "nli"),
+        ('["a", "list"]', "nli", "nli"),
+    ],
+)
+def test_a_broken_jsonl_line_is_named_with_its_file_and_line(tmp_path, line, task_name, reader):
+    from tasks.classify import _read_sst_file as read_sst_file
+    from tasks.nli import read_nli_file
+
+    path = tmp_path / "dev.jsonl"
+    good = (
+        '{"sentence": "good", "label": 1}'
+        if reader == "classify"
+        else ('{"gold_label": "entailment", "sentence1": "a", "sentence2": "b"}')
+    )
+    path.write_text(f"{good}\n\n{line}\n", encoding="utf-8")  # a blank line 2 is skipped, the error is on line 3
+    read = read_sst_file if reader == "classify" else read_nli_file
+    message = rf"task '{task_name}': data path '.*dev\.jsonl:3': expected a JSON object with"
+    with pytest.raises(ValueError, match=message):
+        read(path, task_name)
