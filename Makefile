@@ -96,7 +96,7 @@ STUDY := harness/study/results/replication
 REPLICATION := table1_sort char fig4_iterations fig3_temperature table8_sortnet table8_kv listops \
 	table4_long_seed0 table4_long_seed1 table4_long_seed2 table2_subword \
 	table2_long_seed0 table2_long_seed1 table2_long_seed2 \
-	table1_sort_l64 table2_subword_seeds34 table2_long_seeds34 pathfinder_seed0
+	table1_sort_l64 table2_subword_seeds34 table2_long_seeds34 table4_long_seeds34 pathfinder_seed0
 replicate: install
 	for grid in $(REPLICATION); do \
 		$(VENV)/bin/attnbench run harness/grids/replication/$$grid.yaml --results $(STUDY) || [ $$? -eq 1 ] || exit 2; \
