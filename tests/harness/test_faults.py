@@ -268,30 +268,36 @@ class BlocksAttention(Attention):
 '''
 
 
-@pytest.mark.slow
-def test_a_hung_trial_is_cancelled_retried_from_its_checkpoint_then_failed_and_the_grid_goes_on(
-    tmp_path, plugins, monkeypatch
-):
-    """One minute of the driver's clock passes in 5 real seconds: ``stall_minutes: 1`` is 5 s without a step."""
+def run_on_a_fast_clock(trials, tmp_path: Path, plugins: Path, **options):
+    """Run ``trials`` with the test plugins on a driver clock where one minute passes in 5 real seconds; returns the
+    summary, the stored rows by attention and the driver's log."""
     from harness.running.scheduler import run_grid
 
-    monkeypatch.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "1")
-    path = grid_file(
-        tmp_path, "{blocks: {at: 5}, cuda_oom: {}, vanilla: {}}", "{max_retries: 1, stall_minutes: 1}", steps=12
-    )
-    trials = load_trials(path)[1]
     out = io.StringIO()
     store = ResultStore(tmp_path / "results")
-    started = time.monotonic()
     summary = run_grid(
         trials,
         store,
         plugin_dirs=[str(plugins)],
         console=Console(file=out, width=250),
         clock=lambda: time.monotonic() * 12,
+        **options,
     )
-    frame = store.read().set_index("attention")
-    log = out.getvalue()
+    return summary, store.read().set_index("attention"), out.getvalue()
+
+
+@pytest.mark.slow
+def test_a_hung_trial_is_cancelled_retried_from_its_checkpoint_then_failed_and_the_grid_goes_on(
+    tmp_path, plugins, monkeypatch
+):
+    """One minute of the driver's clock passes in 5 real seconds: ``stall_minutes: 1`` is 5 s without a step."""
+
+    monkeypatch.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "1")
+    path = grid_file(
+        tmp_path, "{blocks: {at: 5}, cuda_oom: {}, vanilla: {}}", "{max_retries: 1, stall_minutes: 1}", steps=12
+    )
+    started = time.monotonic()
+    summary, frame, log = run_on_a_fast_clock(load_trials(path)[1], tmp_path, plugins)
     assert len(summary.ok) == 1 and len(summary.failed) == 2, log
     assert frame.loc["vanilla", "status"].unique().tolist() == ["ok"]
     assert frame.loc["cuda_oom", "error"].startswith("out of memory (GPU) with length 16, batch 8, plugin cuda_oom")
@@ -315,24 +321,13 @@ def test_a_hung_two_worker_trial_is_cancelled_and_frees_its_workers_for_the_next
     """Both workers of a 2-worker trial hang in step 5; cancelling the coordinating task must take its Ray Train
     workers down too. They hold both of this machine's CPUs, so the next 2-worker trial can only start (and the grid
     only end) if they are gone."""
-    from harness.running.scheduler import run_grid
 
     monkeypatch.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "1")
     hung = load_trials(grid_file(tmp_path, "{blocks: {at: 5}}", "{workers: 2, max_retries: 0, stall_minutes: 1}"))[1]
     # the next trial has no stall limit: on a busy machine its final evaluation may well take 5 s
     trials = hung + load_trials(grid_file(tmp_path, "{vanilla: {}}", "{workers: 2, max_retries: 0}"))[1]
-    out = io.StringIO()
-    store = ResultStore(tmp_path / "results")
-    summary = run_grid(
-        trials,
-        store,
-        plugin_dirs=[str(plugins)],
-        console=Console(file=out, width=250),
-        clock=lambda: time.monotonic() * 12,
-        max_concurrent=1,
-    )
-    frame = store.read().set_index("attention")
-    assert len(summary.ok) == 1 and len(summary.failed) == 1, out.getvalue()
+    summary, frame, log = run_on_a_fast_clock(trials, tmp_path, plugins, max_concurrent=1)
+    assert len(summary.ok) == 1 and len(summary.failed) == 1, log
     assert frame.loc["vanilla", "status"].unique().tolist() == ["ok"]
     assert (frame.loc["vanilla", "world_size"] == 2).all()
     assert frame.loc["blocks", "error"].startswith("cancelled: no progress for 1 min at step")
