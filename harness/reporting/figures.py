@@ -109,22 +109,19 @@ def sweep_figure(param: str, trials: pd.DataFrame, values: pd.DataFrame) -> dict
     got = headline_values(values[values["trial_id"].isin(chosen.index)])
     if got.empty:
         return None
-    captions = context_captions(sorted(chosen["context"].unique()))
-    multi = len(captions) > 1
     points = []
     for (trial_id, split, metric), rows in got.groupby(["trial_id", "split", "metric"]):
         trial = chosen.loc[trial_id]
         setting = {k: v for k, v in trial["setting"].items() if k != "task"}
         others = {k: v for k, v in trial["shown"].items() if k != param}
         line = attention_label(str(trial["attention"]), others, bool(trial["attrs"]["tie_kv"]))
-        if multi:
-            line += f" · {captions[trial['context']]}"
         points.append(
             {
                 "facet": " · ".join(
                     [str(trial["task"]), *map(str, setting.values()), split, METRIC_LABEL.get(metric, metric)]
                 ),
                 "line": line,
+                "context": trial["context"],
                 "x": float(trial["params"][param]),
                 "metric": metric,
                 "seed": trial["seed"],
@@ -133,11 +130,16 @@ def sweep_figure(param: str, trials: pd.DataFrame, values: pd.DataFrame) -> dict
             }
         )
     frame = pd.DataFrame(points)
-    spread = frame.groupby(["facet", "line"])["x"].nunique()
+    spread = frame.groupby(["facet", "line", "context"])["x"].nunique()
     keep = spread[spread >= 2].index
-    frame = frame[pd.Series([k in keep for k in zip(frame["facet"], frame["line"], strict=True)], index=frame.index)]
+    keys = zip(frame["facet"], frame["line"], frame["context"], strict=True)
+    frame = frame[pd.Series([k in keep for k in keys], index=frame.index)]
     if frame.empty:
         return None
+    # only the lines drawn decide whether a legend entry needs its context, and then only what tells them apart
+    captions = context_captions(sorted(frame["context"].unique()), only_differing=True)
+    if len(captions) > 1:
+        frame = frame.assign(line=frame["line"] + " · " + frame["context"].map(captions))
     summary = []
     for (facet, line, x), rows in frame.groupby(["facet", "line", "x"], sort=True):
         mean, ci, n = mean_ci(rows["value"])

@@ -323,15 +323,17 @@ SELECTED = {
 }
 
 
-def context_captions(contexts: list[str]) -> dict[str, str]:
-    """A short caption per context: scale, steps, batch, task parameters, and whatever differs between them."""
+def context_captions(contexts: list[str], only_differing: bool = False) -> dict[str, str]:
+    """A short caption per context: scale, steps, batch, task parameters, and whatever differs between them (only
+    that with ``only_differing``, for a legend that tells lines apart)."""
     flat = {c: flatten(json.loads(c)) for c in contexts}
     keys = {k for f in flat.values() for k in f}
     differing = {k for k in keys if len({json.dumps(f.get(k), default=str) for f in flat.values()}) > 1}
-    always = ["data", "scale", "train.steps", "train.batch_size", "train.lr", "train.select"]
+    always = [] if only_differing else ["data", "scale", "train.steps", "train.batch_size", "train.lr", "train.select"]
     captions = {}
     for context, items in flat.items():
-        shown = always + sorted(k for k in items if k.startswith("task_params.")) + sorted(differing - set(always))
+        task_keys = [] if only_differing else sorted(k for k in items if k.startswith("task_params."))
+        shown = always + task_keys + sorted(differing - set(always))
         parts = [
             SELECTED[items[k]] if k == "train.select" else f"{k}={items[k]}"
             for k in dict.fromkeys(shown)

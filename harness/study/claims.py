@@ -69,6 +69,9 @@ class Claim(_Strict):
     margin: float = Field(0.0, ge=0)
     delta: float | None = Field(None, gt=0)
     value: float | None = Field(None, description="above: the fixed value in the units shown (chance: 50 of 2 classes)")
+    retests: str | None = Field(
+        None, description="the id of a claim this one repeats on another protocol (more seeds, another data generator)"
+    )
     note: str = ""
 
     @model_validator(mode="after")
@@ -183,6 +186,7 @@ def load_claims(path: str | Path = CLAIMS_FILE) -> ClaimsFile:
         )
         raise ClaimsError(f"{path}: {problems}") from None
     seen: set[str] = set()
+    ids = {claim.id for claim in parsed.claims}
     for claim in parsed.claims:
         if claim.id in seen:
             raise ClaimsError(f"{path}: claim {claim.id}: id: used twice")
@@ -190,6 +194,8 @@ def load_claims(path: str | Path = CLAIMS_FILE) -> ClaimsFile:
         for arm in claim.arm_names():
             if arm not in parsed.arms:
                 raise ClaimsError(f"{path}: claim {claim.id}: arm `{arm}` is not defined under `arms`")
+        if claim.retests is not None and (claim.retests == claim.id or claim.retests not in ids):
+            raise ClaimsError(f"{path}: claim {claim.id}: retests: `{claim.retests}` is not another claim of the file")
         for name in claim.protocol:
             try:
                 protocol_grid(name)

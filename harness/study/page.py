@@ -18,7 +18,9 @@ from harness.study.claims import CLAIMS_FILE, STUDY_DIR, STUDY_RESULTS, ClaimsFi
 from harness.study.render import where
 from harness.study.verdicts import (
     HOLDS,
+    INCOMPLETE,
     INCONCLUSIVE,
+    NO_DATA,
     ClaimResult,
     along_training,
     arm_text,
@@ -73,12 +75,53 @@ def _along(claim_id: str, points: list[dict]) -> str | None:
     return f"`{claim_id}`: {verdicts[-1]} from step {points[start]['step']:,} on (before: {before})"
 
 
+def _grids(names: list[str]) -> str:
+    return ", ".join(f"`{name}.yaml`" for name in names)
+
+
+def _outcome(before: str, after: str) -> str:
+    """How a retest came out, from the earlier verdict and this one."""
+    if after in (NO_DATA, INCOMPLETE):
+        return "not known yet"
+    if before in (NO_DATA, INCOMPLETE):
+        return "nothing to compare with"
+    return "the same verdict" if before == after else f"changed from {before} to {after}"
+
+
+def _retested(chosen: list[ClaimResult], by_id: dict[str, ClaimResult]) -> list[str]:
+    """A table of the section's claims that repeat another on a changed protocol (more seeds, another generator):
+    both verdicts, and whether the finding stands."""
+    rows = []
+    for r in chosen:
+        if r.claim.retests is None:
+            continue
+        old = by_id[r.claim.retests]
+        cells = [
+            f"`{r.claim.id}` on {_grids(r.claim.protocol)}",
+            r.verdict,
+            f"`{old.claim.id}` on {_grids(old.claim.protocol)}",
+            old.verdict,
+            _outcome(old.verdict, r.verdict),
+        ]
+        rows.append("| " + " | ".join(cells) + " |")
+    if not rows:
+        return []
+    return [
+        "",
+        "Findings retested on another protocol (the same sentence, read by the same rule):",
+        "",
+        "| claim | verdict | retests | its verdict | outcome |",
+        "| --- | --- | --- | --- | --- |",
+        *rows,
+    ]
+
+
 def _protocol_facts(frame: pd.DataFrame, results: list[ClaimResult]) -> str:
     """Which grids the section's claims read, how many stored trials feed them and how long those trained."""
     files = list(dict.fromkeys(p for r in results for p in r.claim.protocol))
     fed = {t["id"] for r in results for arm in r.arms for t in arm.trials}
     minutes = frame[frame["trial_id"].isin(fed)].drop_duplicates("trial_id")["train_seconds"].dropna() / 60
-    grids = ", ".join(f"`{name}.yaml`" for name in files)
+    grids = _grids(files)
     if not fed:
         return f"Grids: {grids}; no trials stored yet."
     span = f", {minutes.min():.1f}-{minutes.max():.1f} min of training each (one core)" if len(minutes) else ""
@@ -123,6 +166,7 @@ def render(claims: ClaimsFile, frame: pd.DataFrame, gpu: pd.DataFrame | None = N
     """The whole page as Markdown."""
     trials = trial_table(frame)
     results = [evaluate(claim, claims, frame, trials) for claim in claims.claims]
+    by_id = {r.claim.id: r for r in results}
     counts = pd.Series([r.verdict for r in results]).value_counts()
     lines = [
         "# The replication study",
@@ -155,6 +199,7 @@ def render(claims: ClaimsFile, frame: pd.DataFrame, gpu: pd.DataFrame | None = N
         if along:
             lines += ["", "The verdict along training (the same rule on the val curve at every evaluation):", ""]
             lines += [f"* {a}" for a in along]
+        lines += _retested(chosen, by_id)
         lines.append("")
     if gpu is not None:
         lines += _gpu_section(gpu)

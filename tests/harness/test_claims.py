@@ -172,6 +172,8 @@ def test_csv_has_one_row_per_claim_and_arm(tmp_path, capsys):
         (claim("x", "better", a="a", b="b", colour="red"), "claim x (claims[0]): colour"),
         (claim("x", "monotone", along=["a"]), "along: a trend needs at least two arms"),
         (claim("x", "better", a="a", b="b").replace("[PROTO]", "[no_such_grid]"), "claim x: protocol"),
+        (claim("x", "better", a="a", b="b", retests="y"), "claim x: retests: `y` is not another claim of the file"),
+        (claim("x", "better", a="a", b="b", retests="x"), "claim x: retests: `x` is not another claim of the file"),
     ],
 )
 def test_a_bad_claims_file_names_the_file_the_claim_and_the_field(tmp_path, capsys, text, message):
@@ -209,6 +211,25 @@ def test_the_page_is_generated_from_claims_and_store(tmp_path):
     page = render_page(load_claims(path), store_of(tmp_path / "store", {"a": HIGH, "b": [0.5, 0.6, 0.7]}).read())
     assert "## Table X" in page and "Prose." in page
     assert "A 91.00 ± 2.48 (n=3)" in page and "B 60.00 ± 24.84 (n=3)" in page and "**holds**" in page
+
+
+def test_the_page_sets_a_retested_finding_beside_the_earlier_verdict(tmp_path):
+    path = claims_yaml(
+        tmp_path,
+        claim("x", "better", a="a", b="b"),
+        claim("y", "better", a="a", b="c", retests="x"),
+        claim("z", "better", a="a", b="b", retests="x").replace("[PROTO]", f"[{tmp_path / 'empty.yaml'}]"),
+    )
+    (tmp_path / "empty.yaml").write_text(GRID.replace("name: synthetic", "name: not_run"))
+    text = path.read_text().replace("arms:", "sections:\n  - {title: T, claims: [x, y, z]}\narms:", 1)
+    path.write_text(text)
+    page = render_page(load_claims(path), store_of(tmp_path / "store", {"a": HIGH, "b": LOW, "c": WIDE}).read())
+    rows = {line.split("`")[1]: line for line in page.splitlines() if line.startswith("| `") and " retests" not in line}
+    assert "| inconclusive | `x` on" in rows["y"] and rows["y"].endswith(
+        "| holds | changed from holds to inconclusive |"
+    )
+    assert "| no data | `x` on" in rows["z"] and rows["z"].endswith("| not known yet |")
+    assert "x" not in rows  # the claim retested by others gets no row of its own
 
 
 # ---- the committed study ----

@@ -432,6 +432,25 @@ def test_sweeps_plot_only_lines_with_two_values_and_embed_a_png(sections):
     assert sorted({p["x"] for p in iterations["points"]}) == [0, 2, 5, 10, 20]
 
 
+@pytest.mark.parametrize("second_sweeps", [False, True])
+def test_a_sweep_legend_names_a_context_only_to_tell_drawn_lines_apart(tmp_path, second_sweeps):
+    """Trials of two experiments set the temperature; the legend shows what differs between them (the steps) only
+    when both draw a line, never the long caption of every training setting."""
+    store = ResultStore(tmp_path)
+    for steps, temperatures in ((10, [0.25, 0.75]), (20, [0.25, 0.75] if second_sweeps else [0.75])):
+        for temperature in temperatures:
+            params = {"block_size": 32, "temperature": temperature}
+            metrics = [("test", "bpc", 1.0 + temperature + steps / 100)]
+            write(store, task="lm_char", attention="sinkhorn", params=params, seed=0, train={**TRAIN, "steps": steps},
+                  metrics=metrics)  # fmt: skip
+    figure = {s["id"]: s for s in report.build_sections(store.read())}["figure3"]["figure"]
+    lines = {p["line"] for p in figure["points"]}
+    if second_sweeps:
+        assert lines == {"Sinkhorn (32) · train.steps=10", "Sinkhorn (32) · train.steps=20"}
+    else:
+        assert lines == {"Sinkhorn (32)"} and {p["x"] for p in figure["points"]} == {0.25, 0.75}
+
+
 def test_bench_shows_the_latest_run_per_attention_length_and_device(store):
     frame = store.read()
     latest = figures.latest_speed_rows(frame)
