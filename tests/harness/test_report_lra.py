@@ -39,6 +39,10 @@ def test_published_table_is_consistent():
         mean = sum(row[c] for c in data["average_over"]) / len(data["average_over"])
         assert (mean == pytest.approx(row["avg"], abs=0.006)) != ("avg_note" in row) and row["pathx"] == "FAIL"
     assert {r.get("attention") for r in data["accuracy"]} >= {"vanilla", "local", "sparse", "sinkhorn"}
+    efficiency = data["efficiency"]["rows"]
+    transformer = {r["length"]: r["steps"] for r in efficiency if r["attention"] == "vanilla"}
+    for row in efficiency:  # the printed speed-up is the ratio of the printed steps per second, to its rounding
+        assert row["speed"] == pytest.approx(row["steps"] / transformer[row["length"]], abs=0.05)
 
 
 def test_lra_section_puts_ours_beside_lras_and_shows_fail(tmp_path):
@@ -61,4 +65,30 @@ def test_lra_section_puts_ours_beside_lras_and_shows_fail(tmp_path):
     assert sinkhorn["cells"][0] == "25.00" and sinkhorn["avg"] == "–"  # no average without all five tasks
     assert "Sinkhorn Trans. (LRA)" in labels and "BigBird (LRA)" not in labels
     html = report.render(frame)
-    assert 'id="lra-accuracy"' in html and "Transformer (LRA)" in html and "was not available" in html
+    assert 'id="lra-accuracy"' in html and "Transformer (LRA)" in html and 'id="lra-efficiency"' not in html
+
+
+def test_lra_efficiency_rows_put_lras_published_rows_after_ours_for_the_attentions_measured(tmp_path):
+    from harness.benchmarking import bench
+
+    measured = [
+        {"attention": name, "length": length, "dtype": "float32", "device": "cpu", "seconds": 1 / speed,
+         "seconds_min": 1 / speed, "steps_per_second": speed, "peak_memory_bytes": peak}
+        for length in (512, 4096)
+        for name, speed, peak in (("vanilla", 2.0, 4 * 2**20), ("sinkhorn", 5.0, 2**20))
+    ]  # fmt: skip
+    bench.store_sweep(tmp_path, measured, {"block_size": 16, "block_plugins": ["sinkhorn"], "run": "1"}, model=True)
+    section = lra.section(ResultStore(tmp_path).read())
+    rows = [(r["label"].split(" ")[0], r["length"], r["speed"], r["peak"], r["memory"]) for r in section["efficiency"]]
+    sinkhorn = next(r[0] for r in rows if r[0].startswith("Sinkhorn"))
+    # ours at LRA's lengths only (not 512), against vanilla of the same run; then LRA's rows of the two attentions
+    assert rows[:2] == [
+        (sinkhorn, 4096, "2.50x", "1.0 MiB", "0.25x"),
+        ("Transformer", 4096, "1.00x", "4.0 MiB", "1.00x"),
+    ]
+    published = {r[0]: r[2:] for r in rows[2:]}
+    assert set(published) == {"Transformer", "Sinkhorn"}  # no local row: local was not measured
+    assert published["Sinkhorn"] == ("3.8x", "1.48 GB", "0.16x") and published["Transformer"][0] == "1.0x"
+    assert all(not r["ours"] for r in section["efficiency"][2:]) and "at length 4096 only" in section["efficiency_note"]
+    html = report.render(ResultStore(tmp_path).read())
+    assert 'id="lra-efficiency"' in html and "Sinkhorn Trans. (LRA)" in html
