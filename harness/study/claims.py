@@ -110,11 +110,29 @@ class Section(_Strict):
     text: str = ""
 
 
+class StoppingRule(_Strict):
+    """A protocol run in two stages, by a rule fixed before the run: the seeds of ``first`` run first, and the rest
+    of ``protocol``'s seeds only if some arm of ``arms`` ends a first-stage trial past ``above`` (units shown) on
+    ``metric`` and ``split``. A claim the rule leaves short of seeds reads *stopped*, not *incomplete*."""
+
+    protocol: str = Field(description="the claims' protocol, every seed")
+    first: str = Field(description="the grid of the first stage: the same grid name, a subset of the seeds")
+    arms: list[str] = Field(min_length=1)
+    metric: Literal[METRICS]  # type: ignore[valid-type]
+    split: str = "val"
+    above: float
+
+
 class ClaimsFile(_Strict):
     intro: str = ""
     sections: list[Section] = []
     arms: dict[str, Arm] = Field(min_length=1)
     claims: list[Claim] = Field(min_length=1)
+    stopping: list[StoppingRule] = []
+
+    def stopping_rule(self, claim: Claim) -> StoppingRule | None:
+        """The stopping rule of the claim's protocol, if it has one."""
+        return next((rule for rule in self.stopping if rule.protocol in claim.protocol), None)
 
 
 @dataclass(frozen=True)
@@ -201,6 +219,20 @@ def load_claims(path: str | Path = CLAIMS_FILE) -> ClaimsFile:
                 protocol_grid(name)
             except ClaimsError as exc:
                 raise ClaimsError(f"{path}: claim {claim.id}: protocol {name}: {exc}") from None
+    for index, rule in enumerate(parsed.stopping):
+        where = f"{path}: stopping[{index}] ({rule.protocol})"
+        for arm in rule.arms:
+            if arm not in parsed.arms:
+                raise ClaimsError(f"{where}: arm `{arm}` is not defined under `arms`")
+        try:
+            whole, first = protocol_grid(rule.protocol), protocol_grid(rule.first)
+        except ClaimsError as exc:
+            raise ClaimsError(f"{where}: {exc}") from None
+        if first.name != whole.name or not set(first.seeds) < set(whole.seeds):
+            raise ClaimsError(
+                f"{where}: first: {rule.first} must run the same grid ({whole.name}) on fewer of its seeds "
+                f"(it runs {first.name}, seeds {list(first.seeds)}; the protocol's are {list(whole.seeds)})"
+            )
     return parsed
 
 

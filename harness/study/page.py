@@ -12,20 +12,23 @@ from pathlib import Path
 
 import pandas as pd
 
-from harness.reporting.labels import attention_label, fmt
+from harness.reporting.labels import METRIC_LABEL, attention_label, fmt
 from harness.store import ResultStore
-from harness.study.claims import CLAIMS_FILE, STUDY_DIR, STUDY_RESULTS, ClaimsFile, load_claims
+from harness.study.claims import CLAIMS_FILE, STUDY_DIR, STUDY_RESULTS, ClaimsFile, StoppingRule, load_claims
 from harness.study.render import where
 from harness.study.verdicts import (
     HOLDS,
     INCOMPLETE,
     INCONCLUSIVE,
     NO_DATA,
+    STOPPED,
+    ArmResult,
     ClaimResult,
     along_training,
     arm_text,
     evaluate,
     paper_text,
+    read_arm,
     same_order_every_seed,
     trial_table,
 )
@@ -39,7 +42,9 @@ RULE = (
     "they name: all hold, it holds; any does not, it does not; otherwise inconclusive. A *within* claim holds when "
     "every point of one interval lies within the stated distance of every point of the other. An *above* claim (a "
     "model learns the task: ahead of chance) holds when the whole interval is past the fixed value. A protocol with no "
-    "trials yet reads *no data*, one with some of its seeds *incomplete*."
+    "trials yet reads *no data*, one with some of its seeds *incomplete*. A protocol run in stages by a stopping rule "
+    "fixed before the run reads *stopped* when its first stage ended without any arm past the rule's value: its "
+    "other seeds were never due, and the first stage's curve is the finding."
 )
 
 
@@ -81,6 +86,8 @@ def _grids(names: list[str]) -> str:
 
 def _outcome(before: str, after: str) -> str:
     """How a retest came out, from the earlier verdict and this one."""
+    if after == STOPPED:
+        return "not tested: the protocol stopped"
     if after in (NO_DATA, INCOMPLETE):
         return "not known yet"
     if before in (NO_DATA, INCOMPLETE):
@@ -114,6 +121,42 @@ def _retested(chosen: list[ClaimResult], by_id: dict[str, ClaimResult]) -> list[
         "| --- | --- | --- | --- | --- |",
         *rows,
     ]
+
+
+def _stopped_curves(
+    chosen: list[ClaimResult], claims: ClaimsFile, frame: pd.DataFrame, trials: pd.DataFrame
+) -> list[str]:
+    """For a section with stopped claims: each stopping rule's first-stage curve, the evidence it decided on."""
+    stopped = [
+        rule
+        for rule in claims.stopping
+        if any(r.verdict == STOPPED and claims.stopping_rule(r.claim) == rule for r in chosen)
+    ]
+    return [line for rule in stopped for line in _first_stage_curve(rule, claims, frame, trials)]
+
+
+def _first_stage_curve(rule: StoppingRule, claims: ClaimsFile, frame: pd.DataFrame, trials: pd.DataFrame) -> list[str]:
+    """The rule's metric on its split at every evaluation of the first stage, per arm (mean over its seeds)."""
+
+    def read(name: str, step: int | None = None) -> ArmResult:
+        return read_arm(name, claims.arms[name], [rule.first], rule.metric, trials, frame, rule.split, step)
+
+    final = [read(name) for name in rule.arms]
+    ids = {t["id"] for arm in final for t in arm.trials}
+    steps = frame.loc[frame["trial_id"].isin(ids) & (frame["split"] == rule.split) & frame["step"].notna(), "step"]
+    lines = [
+        "",
+        f"The first stage (`{rule.first}.yaml`), {rule.split} {METRIC_LABEL.get(rule.metric, rule.metric)} at every "
+        "evaluation (mean over its seeds): the curve the stopping rule decided on.",
+        "",
+        "| step | " + " | ".join(arm.label for arm in final) + " |",
+        "| --- | " + " | ".join("---" for _ in final) + " |",
+    ]
+    for step in sorted(int(x) for x in steps.unique()):
+        lines.append(
+            f"| {step:,} | " + " | ".join(fmt(rule.metric, read(name, step).mean) for name in rule.arms) + " |"
+        )
+    return lines
 
 
 def _protocol_facts(frame: pd.DataFrame, results: list[ClaimResult]) -> str:
@@ -199,6 +242,7 @@ def render(claims: ClaimsFile, frame: pd.DataFrame, gpu: pd.DataFrame | None = N
         if along:
             lines += ["", "The verdict along training (the same rule on the val curve at every evaluation):", ""]
             lines += [f"* {a}" for a in along]
+        lines += _stopped_curves(chosen, claims, frame, trials)
         lines += _retested(chosen, by_id)
         lines.append("")
     if gpu is not None:

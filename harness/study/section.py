@@ -22,6 +22,7 @@ from harness.study.verdicts import (
     INCOMPLETE,
     INCONCLUSIVE,
     NO_DATA,
+    STOPPED,
     ClaimResult,
     along_training,
     evaluate,
@@ -29,7 +30,14 @@ from harness.study.verdicts import (
     trial_table,
 )
 
-COLOURS = {HOLDS: "#1a7f37", FAILS: "#cf222e", INCONCLUSIVE: "#afb8c1", INCOMPLETE: "#d4a72c", NO_DATA: "#ffffff"}
+COLOURS = {
+    HOLDS: "#1a7f37",
+    FAILS: "#cf222e",
+    INCONCLUSIVE: "#afb8c1",
+    INCOMPLETE: "#d4a72c",
+    STOPPED: "#6e7781",
+    NO_DATA: "#ffffff",
+}
 CAPTION = (
     "Each claim of the paper, judged on the study's protocols by one rule: 95% t-intervals of each arm's mean over its "
     "protocol's seeds; holds when they are apart in the paper's order (by more than the claim's margin), does not "

@@ -16,7 +16,8 @@ oriented by the metric's direction (lower is better for bpc, perplexity, edit di
 
 Before a rule is applied: an arm with no stored value gives *no data*; an arm with fewer seeds than its protocol
 names gives *incomplete* (the values so far are still shown); a single seed has no interval, so its pairs are
-inconclusive.
+inconclusive. A protocol run in stages (a stopping rule of the claims file) whose first stage ended without any arm
+past the rule's value gives *stopped*: its other seeds were never due.
 """
 
 from __future__ import annotations
@@ -28,10 +29,11 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from harness.reporting.labels import LOWER_IS_BETTER, PERCENT, attention_label, fmt, mean_ci, parse_json
-from harness.study.claims import Arm, Claim, ClaimsFile, protocol_grid
+from harness.study.claims import Arm, Claim, ClaimsFile, StoppingRule, protocol_grid
 
 HOLDS, FAILS, INCONCLUSIVE, NO_DATA, INCOMPLETE = "holds", "does not hold", "inconclusive", "no data", "incomplete"
-VERDICTS = (HOLDS, FAILS, INCONCLUSIVE, NO_DATA, INCOMPLETE)
+STOPPED = "stopped"
+VERDICTS = (HOLDS, FAILS, INCONCLUSIVE, NO_DATA, INCOMPLETE, STOPPED)
 
 
 @dataclass
@@ -78,9 +80,9 @@ def trial_table(frame: pd.DataFrame) -> pd.DataFrame:
     )
 
 
-def _arm_trials(trials: pd.DataFrame, claim: Claim, arm: Arm) -> pd.DataFrame:
-    grids = {protocol_grid(name).name for name in claim.protocol}
-    seeds = {seed for name in claim.protocol for seed in protocol_grid(name).seeds}
+def _arm_trials(trials: pd.DataFrame, protocols: list[str], arm: Arm) -> pd.DataFrame:
+    grids = {protocol_grid(name).name for name in protocols}
+    seeds = {seed for name in protocols for seed in protocol_grid(name).seeds}
     picked = trials[
         trials["grid"].isin(grids)
         & trials["seed"].isin(seeds)
@@ -91,25 +93,40 @@ def _arm_trials(trials: pd.DataFrame, claim: Claim, arm: Arm) -> pd.DataFrame:
     return picked.loc[pd.Series(same, index=picked.index, dtype=bool)]
 
 
-def expected_seeds(claim: Claim) -> int:
-    return len({seed for name in claim.protocol for seed in protocol_grid(name).seeds})
+def _expected_seeds(protocols: list[str]) -> int:
+    return len({seed for name in protocols for seed in protocol_grid(name).seeds})
 
 
 def arm_result(
     name: str, arm: Arm, claim: Claim, trials: pd.DataFrame, frame: pd.DataFrame, split: str, step: int | None
 ) -> ArmResult:
     """The arm's values on ``split`` (the final rows, or the periodic rows of ``step``) over its protocol's seeds."""
-    picked = _arm_trials(trials, claim, arm)
+    return read_arm(name, arm, claim.protocol, claim.metric, trials, frame, split, step)
+
+
+def read_arm(
+    name: str,
+    arm: Arm,
+    protocols: list[str],
+    metric: str,
+    trials: pd.DataFrame,
+    frame: pd.DataFrame,
+    split: str,
+    step: int | None = None,
+) -> ArmResult:
+    """An arm's values of ``metric`` on ``split`` (final rows, or the periodic rows of ``step``) over the seeds of
+    ``protocols``, in the units shown."""
+    picked = _arm_trials(trials, protocols, arm)
     rows = frame[
         frame["trial_id"].isin(picked.loc[picked["status"] == "ok", "trial_id"])
         & (frame["status"] == "ok")
         & (frame["split"] == split)
-        & (frame["metric"] == claim.metric)
+        & (frame["metric"] == metric)
     ]
     rows = rows[rows["step"].isna()] if step is None else rows[rows["step"] == step]
     rows = rows.drop_duplicates("trial_id").merge(picked[["trial_id", "seed"]], on="trial_id", suffixes=("_row", ""))
     rows = rows.sort_values("seed")
-    values = rows["value"].astype(float) * (100.0 if claim.metric in PERCENT else 1.0)
+    values = rows["value"].astype(float) * (100.0 if metric in PERCENT else 1.0)
     mean, half, n = mean_ci(values) if len(values) else (math.nan, math.nan, 0)
     return ArmResult(
         name=name,
@@ -117,7 +134,7 @@ def arm_result(
         mean=mean,
         half=half,
         n=n,
-        expected=expected_seeds(claim),
+        expected=_expected_seeds(protocols),
         trials=[
             {"id": t, "seed": int(s), "value": float(v)}
             for t, s, v in zip(rows["trial_id"], rows["seed"], values, strict=True)
@@ -211,8 +228,49 @@ def evaluate(
         return ClaimResult(claim, NO_DATA, listed, "no stored value for " + ", ".join(missing))
     short = [f"{a.label} {a.n} of {a.expected} seeds" for a in listed if a.n < a.expected]
     if short:
-        return ClaimResult(claim, INCOMPLETE, listed, "; ".join(short))
+        stopping = claims.stopping_rule(claim)
+        decision = None if stopping is None else first_stage(stopping, claims, frame, trials)
+        if decision is not None and not decision.go_on:
+            return ClaimResult(claim, STOPPED, listed, decision.detail)
+        detail = "; ".join(short) + (f"; {decision.detail}" if decision is not None else "")
+        return ClaimResult(claim, INCOMPLETE, listed, detail)
     return ClaimResult(claim, rule(claim, arms), listed)
+
+
+@dataclass(frozen=True)
+class StageDecision:
+    """What a stopping rule decided once its first stage had run: whether the other seeds are due, and why."""
+
+    go_on: bool
+    detail: str
+
+
+def first_stage(
+    stopping: StoppingRule, claims: ClaimsFile, frame: pd.DataFrame, trials: pd.DataFrame
+) -> StageDecision | None:
+    """The rule's decision from the first stage's stored trials; None while some arm's first-stage seeds are missing
+    (the decision is not due yet). Every arm's trials count, the failed ones as not past the value."""
+    arms = [
+        read_arm(name, claims.arms[name], [stopping.first], stopping.metric, trials, frame, stopping.split)
+        for name in stopping.arms
+    ]
+    done = [len(_arm_trials(trials, [stopping.first], claims.arms[name])) for name in stopping.arms]
+    if any(n < arm.expected for n, arm in zip(done, arms, strict=True)):
+        return None
+    sign = -1.0 if stopping.metric in LOWER_IS_BETTER else 1.0
+    scored = [(sign * t["value"], t["value"], arm.label) for arm in arms for t in arm.trials]
+    _, best_value, best_label = max(scored) if scored else (0.0, math.nan, "none")
+    go_on = bool(scored) and sign * (best_value - stopping.above) > 0
+    unit = "%" if stopping.metric in PERCENT else ""
+    past = "below" if sign < 0 else "above"
+    best = f"best: {best_label} {fmt(stopping.metric, best_value)}{unit}"
+    if go_on:
+        return StageDecision(True, f"the stopping rule goes on ({best} {stopping.split} {stopping.metric})")
+    return StageDecision(
+        False,
+        f"stopping rule of {stopping.protocol}.yaml: no arm ended {stopping.first}.yaml "
+        f"{past} {stopping.above:g}{unit} {stopping.split} {stopping.metric} ({best})",
+    )
 
 
 def evaluate_all(claims: ClaimsFile, frame: pd.DataFrame) -> list[ClaimResult]:
@@ -224,7 +282,7 @@ def along_training(claim: Claim, claims: ClaimsFile, frame: pd.DataFrame, trials
     """The claim's rule at every evaluation step of the val curve: [{step, verdict}], empty without curve rows."""
     arm_trials = set()
     for name in claim.arm_names():
-        arm_trials.update(_arm_trials(trials, claim, claims.arms[name])["trial_id"])
+        arm_trials.update(_arm_trials(trials, claim.protocol, claims.arms[name])["trial_id"])
     curve = frame[
         frame["trial_id"].isin(arm_trials)
         & (frame["split"] == "val")

@@ -141,6 +141,66 @@ def test_a_protocol_without_trials_is_no_data_and_with_some_seeds_incomplete(tmp
     assert result.verdict == "incomplete" and "A 2 of 3 seeds" in result.detail
 
 
+def staged(tmp_path: Path, first_seeds: str = "[0]", above: float = 55) -> Path:
+    """A claims file whose one claim (a above chance, seeds 0-2) has a stopping rule: seed 0 of arms a and b first,
+    the other seeds only if one of them ends seed 0 above ``above``% val accuracy."""
+    path = claims_yaml(tmp_path, claim("x", "above", a="a", value=50))
+    (tmp_path / "first.yaml").write_text(f"include: grid.yaml\nseeds: {first_seeds}\n")
+    rule = f"  - {{protocol: {tmp_path / 'grid.yaml'}, first: {tmp_path / 'first.yaml'}, arms: [a, b], "
+    path.write_text(path.read_text() + "stopping:\n" + rule + f"metric: accuracy, split: val, above: {above}}}\n")
+    return path
+
+
+def staged_store(root: Path, final: dict[str, list[float]]) -> ResultStore:
+    """Trials of the synthetic grid whose val accuracy is the given final value (at step 20 and as the final row),
+    after a step 10 at 0.5; their test accuracy is the same value."""
+    store = ResultStore(root)
+    attention = {"a": ("vanilla", {}), "b": ("local", {"block_size": 8})}
+    for arm, seeds in final.items():
+        name, params = attention[arm]
+        for seed, value in enumerate(seeds):
+            config = {"grid": "synthetic", "task": "sort", "scale": "smoke", "seed": seed, "attention": name}
+            config |= {"params": params, "model": {}, "train": {}, "task_params": {}, "resources": {}}
+            trial_id = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
+            metrics = [("test", "accuracy", value), ("val", "accuracy", value)]
+            metrics += [("val", "accuracy", 0.5, 10), ("val", "accuracy", value, 20)]
+            store.write_trial(trial_id, rows_for_trial(trial_id, config, metrics=metrics, error=None, common={}))
+    return store
+
+
+def test_a_stopping_rule_reads_stopped_when_no_first_stage_arm_ends_past_its_value(tmp_path):
+    claims = load_claims(staged(tmp_path))
+    (result,) = evaluate_all(claims, staged_store(tmp_path / "s1", {"a": [0.50], "b": [0.53]}).read())
+    assert result.verdict == "stopped" and "no arm ended" in result.detail and "best: B 53.00%" in result.detail
+    # the first stage is not over while one of the rule's arms has no seed-0 trial: the decision is not due
+    (result,) = evaluate_all(claims, staged_store(tmp_path / "s2", {"a": [0.50]}).read())
+    assert result.verdict == "incomplete" and "stopping rule" not in result.detail
+    # one arm past the value: the other seeds are due, so the claim is incomplete and says why
+    (result,) = evaluate_all(claims, staged_store(tmp_path / "s3", {"a": [0.50], "b": [0.60]}).read())
+    assert result.verdict == "incomplete" and "goes on (best: B 60.00%" in result.detail
+    # every seed stored: the claim's own rule decides, whatever the first stage did
+    (result,) = evaluate_all(claims, staged_store(tmp_path / "s4", {"a": [0.50, 0.51, 0.52], "b": [0.5]}).read())
+    assert result.verdict == "inconclusive"
+
+
+def test_the_page_shows_the_first_stage_curve_of_a_stopped_protocol(tmp_path):
+    path = staged(tmp_path)
+    path.write_text(path.read_text().replace("arms:", "sections:\n  - {title: T, claims: [x]}\narms:", 1))
+    page = render_page(load_claims(path), staged_store(tmp_path / "s", {"a": [0.50], "b": [0.53]}).read())
+    assert "**stopped** (stopping rule of" in page and "the curve the stopping rule decided on" in page
+    assert "| step | A | B |" in page and "| 10 | 50.00 | 50.00 |" in page and "| 20 | 50.00 | 53.00 |" in page
+
+
+@pytest.mark.parametrize(
+    ("first_seeds", "message"),
+    [("[0, 1, 2]", "must run the same grid (synthetic) on fewer of its seeds"), ("[7]", "on fewer of its seeds")],
+)
+def test_a_stopping_rule_must_stage_the_seeds_of_its_protocol(tmp_path, first_seeds, message):
+    with pytest.raises(ClaimsError, match=r"stopping\[0\]") as caught:
+        load_claims(staged(tmp_path, first_seeds=first_seeds))
+    assert message in str(caught.value)
+
+
 def test_check_fails_on_a_differing_expectation_and_names_the_claim(tmp_path, capsys):
     path = claims_yaml(tmp_path, claim("x", "better", a="a", b="b"), claim("y", "better", a="b", b="a"))
     store_of(tmp_path / "store", {"a": HIGH, "b": LOW})
