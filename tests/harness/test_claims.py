@@ -55,25 +55,26 @@ def claim(ident: str, compare: str, metric: str = "accuracy", **fields) -> str:
     return "\n".join(lines)
 
 
+ATTENTION = {"a": ("vanilla", {}), "b": ("local", {"block_size": 8}), "c": ("sparse", {"block_size": 8, "stride": 2})}
+
+
+def write_trial(store: ResultStore, arm: str, seed: int, metrics: list[tuple]) -> None:
+    """One trial of the synthetic grid, stored through the real store."""
+    name, params = ATTENTION[arm]
+    config = {"grid": "synthetic", "task": "sort", "scale": "smoke", "seed": seed, "attention": name}
+    config |= {"params": params, "model": {}, "train": {}, "task_params": {}, "resources": {}}
+    trial_id = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
+    store.write_trial(trial_id, rows_for_trial(trial_id, config, metrics=metrics, error=None, common={}))
+
+
 def store_of(root: Path, values: dict[str, list[float]], metric: str = "accuracy", curve: bool = False) -> ResultStore:
     """A store of the synthetic grid: arm name -> the test value of seeds 0, 1, 2 (and, with ``curve``, the same
     values as val rows at step 10 and their mirror image at step 20)."""
     store = ResultStore(root)
-    attention = {
-        "a": ("vanilla", {}),
-        "b": ("local", {"block_size": 8}),
-        "c": ("sparse", {"block_size": 8, "stride": 2}),
-    }
     for arm, seeds in values.items():
-        name, params = attention[arm]
         for seed, value in enumerate(seeds):
-            config = {"grid": "synthetic", "task": "sort", "scale": "smoke", "seed": seed, "attention": name}
-            config |= {"params": params, "model": {}, "train": {}, "task_params": {}, "resources": {}}
-            trial_id = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
-            metrics = [("test", metric, value)]
-            if curve:
-                metrics += [("val", metric, value, 10), ("val", metric, 1.0 - value, 20)]
-            store.write_trial(trial_id, rows_for_trial(trial_id, config, metrics=metrics, error=None, common={}))
+            curve_rows = [("val", metric, value, 10), ("val", metric, 1.0 - value, 20)] if curve else []
+            write_trial(store, arm, seed, [("test", metric, value), *curve_rows])
     return store
 
 
@@ -155,16 +156,10 @@ def staged_store(root: Path, final: dict[str, list[float]]) -> ResultStore:
     """Trials of the synthetic grid whose val accuracy is the given final value (at step 20 and as the final row),
     after a step 10 at 0.5; their test accuracy is the same value."""
     store = ResultStore(root)
-    attention = {"a": ("vanilla", {}), "b": ("local", {"block_size": 8})}
     for arm, seeds in final.items():
-        name, params = attention[arm]
         for seed, value in enumerate(seeds):
-            config = {"grid": "synthetic", "task": "sort", "scale": "smoke", "seed": seed, "attention": name}
-            config |= {"params": params, "model": {}, "train": {}, "task_params": {}, "resources": {}}
-            trial_id = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
             metrics = [("test", "accuracy", value), ("val", "accuracy", value)]
-            metrics += [("val", "accuracy", 0.5, 10), ("val", "accuracy", value, 20)]
-            store.write_trial(trial_id, rows_for_trial(trial_id, config, metrics=metrics, error=None, common={}))
+            write_trial(store, arm, seed, [*metrics, ("val", "accuracy", 0.5, 10), ("val", "accuracy", value, 20)])
     return store
 
 
