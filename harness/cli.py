@@ -242,7 +242,7 @@ def _list(args: argparse.Namespace, consoles: Consoles) -> int:
 def _report(args: argparse.Namespace, consoles: Consoles) -> int:
     from harness.reporting.report import write_report
 
-    path = write_report(args.results, args.out)
+    path = write_report(args.results, args.out, args.claims)
     consoles.out.print(f"report written to {path}", highlight=False, soft_wrap=True)  # a path to copy, never broken
     return 0
 
@@ -555,6 +555,13 @@ def parser() -> argparse.ArgumentParser:
         default=Path("reports/report.html"),
         metavar="FILE",
         help="page to write (default: %(default)s)",
+    )
+    report.add_argument(
+        "--claims",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="claims file the page's Claims section judges (default: the replication study's)",
     )
 
     show = verbs.add_parser(

@@ -73,9 +73,13 @@ def _ablation_trials(trials: pd.DataFrame, tasks: tuple[str, ...]) -> pd.DataFra
 
 
 def build_sections(
-    frame: pd.DataFrame, sections: tuple[Section, ...] | None = None, trials: pd.DataFrame | None = None
+    frame: pd.DataFrame,
+    sections: tuple[Section, ...] | None = None,
+    trials: pd.DataFrame | None = None,
+    claims_file: str | Path | None = None,
 ) -> list[dict]:
-    """Every section the store has data for, in the paper's order, then tasks no section names."""
+    """Every section the store has data for, in the paper's order, then tasks no section names; the Claims section
+    judges ``claims_file`` (default: the replication study's)."""
     sections = load_sections() if sections is None else sections
     trials = trial_info(frame) if trials is None else trials
     final = frame["step"].isna() if "step" in frame else True  # learning-curve rows feed the curves, not the tables
@@ -87,7 +91,7 @@ def build_sections(
     for ablation in (s for s in sections if s.kind == "ablation"):
         shown = _ablation_trials(everything, ablation.tasks)
         run = run[~run["trial_id"].isin(shown.loc[shown["attrs"].map(lambda a: not a["plain"]), "trial_id"])]
-    claims = claims_section(frame)  # opens the page when the store holds a protocol of the study's claims
+    claims = claims_section(frame, claims_file)  # opens the page when the store holds a protocol of the claims
     out = [claims] if claims is not None else []
     covered = {SPEED_TASK, MODEL_TASK}
     for section in sections:
@@ -202,12 +206,13 @@ def render(
     title: str = "attnbench report",
     sections: tuple[Section, ...] | None = None,
     skipped_parts: int = 0,
+    claims_file: str | Path | None = None,
 ) -> str:
     """The whole page as a string: sections, failed trials, the trial appendix (``skipped_parts``: unreadable part
     files the store left out, said on the page)."""
     failed = frame[frame["status"] == "failed"].drop_duplicates("trial_id")
     trials = trial_info(frame)
-    built = build_sections(frame, sections, trials)
+    built = build_sections(frame, sections, trials, claims_file)
     return (
         _environment()
         .get_template("report.html")
@@ -221,13 +226,15 @@ def render(
     )
 
 
-def write_report(results: str | Path, out: str | Path) -> Path:
-    """Read the store at ``results`` and write the HTML page to ``out``."""
+def write_report(results: str | Path, out: str | Path, claims_file: str | Path | None = None) -> Path:
+    """Read the store at ``results`` and write the HTML page to ``out`` (its Claims section judges ``claims_file``,
+    by default the replication study's)."""
     store = ResultStore(results)
     frame = store.read()  # unreadable part files are warned about and skipped
     if frame.empty:
         raise ValueError(f"{results}: the results store is empty or missing (run a grid first)")
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(render(frame, skipped_parts=len(store.skipped)), encoding="utf-8")
+    page = render(frame, skipped_parts=len(store.skipped), claims_file=claims_file)
+    out.write_text(page, encoding="utf-8")
     return out

@@ -57,6 +57,7 @@ class Claim(_Strict):
     sentence: str
     paper: dict[str, float | str] = Field({}, description="the paper's values, as it prints them, by its row names")
     protocol: list[str] = Field(min_length=1, description="grids: names under harness/grids/replication, or paths")
+    task: str | None = Field(None, description="read only this task's trials, where a protocol grid runs several")
     metric: Literal[METRICS]  # type: ignore[valid-type]
     split: str = "test"
     step: int | None = Field(None, description="read the periodic row of this step (split val) instead of the final")

@@ -64,13 +64,14 @@ class ClaimResult:
 def trial_table(frame: pd.DataFrame) -> pd.DataFrame:
     """One row per stored trial: grid, seed, status, attention, params and whether K = V is tied."""
     if frame.empty:
-        return pd.DataFrame(columns=["trial_id", "grid", "seed", "status", "attention", "params", "tie_kv"])
+        return pd.DataFrame(columns=["trial_id", "grid", "task", "seed", "status", "attention", "params", "tie_kv"])
     first = frame.drop_duplicates("trial_id")
     configs = first["config"].map(parse_json)
     return pd.DataFrame(
         {
             "trial_id": first["trial_id"].to_numpy(),
             "grid": first["grid"].to_numpy(),
+            "task": first["task"].to_numpy(),
             "seed": first["seed"].to_numpy(),
             "status": first["status"].to_numpy(),
             "attention": first["attention"].to_numpy(),
@@ -80,15 +81,16 @@ def trial_table(frame: pd.DataFrame) -> pd.DataFrame:
     )
 
 
-def _arm_trials(trials: pd.DataFrame, protocols: list[str], arm: Arm) -> pd.DataFrame:
+def _arm_trials(trials: pd.DataFrame, protocols: list[str], arm: Arm, task: str | None = None) -> pd.DataFrame:
     grids = {protocol_grid(name).name for name in protocols}
     seeds = {seed for name in protocols for seed in protocol_grid(name).seeds}
-    picked = trials[
+    chosen = (
         trials["grid"].isin(grids)
         & trials["seed"].isin(seeds)
         & (trials["attention"] == arm.attention)
         & (trials["tie_kv"] == arm.tie_kv)
-    ]
+    )
+    picked = trials[chosen & (trials["task"] == task)] if task is not None else trials[chosen]
     same = [params == arm.params for params in picked["params"]]
     return picked.loc[pd.Series(same, index=picked.index, dtype=bool)]
 
@@ -101,7 +103,7 @@ def arm_result(
     name: str, arm: Arm, claim: Claim, trials: pd.DataFrame, frame: pd.DataFrame, split: str, step: int | None
 ) -> ArmResult:
     """The arm's values on ``split`` (the final rows, or the periodic rows of ``step``) over its protocol's seeds."""
-    return read_arm(name, arm, claim.protocol, claim.metric, trials, frame, split, step)
+    return read_arm(name, arm, claim.protocol, claim.metric, trials, frame, split, step, claim.task)
 
 
 def read_arm(
@@ -113,10 +115,11 @@ def read_arm(
     frame: pd.DataFrame,
     split: str,
     step: int | None = None,
+    task: str | None = None,
 ) -> ArmResult:
     """An arm's values of ``metric`` on ``split`` (final rows, or the periodic rows of ``step``) over the seeds of
-    ``protocols``, in the units shown."""
-    picked = _arm_trials(trials, protocols, arm)
+    ``protocols`` (and of ``task`` alone, if given), in the units shown."""
+    picked = _arm_trials(trials, protocols, arm, task)
     rows = frame[
         frame["trial_id"].isin(picked.loc[picked["status"] == "ok", "trial_id"])
         & (frame["status"] == "ok")
@@ -282,7 +285,7 @@ def along_training(claim: Claim, claims: ClaimsFile, frame: pd.DataFrame, trials
     """The claim's rule at every evaluation step of the val curve: [{step, verdict}], empty without curve rows."""
     arm_trials = set()
     for name in claim.arm_names():
-        arm_trials.update(_arm_trials(trials, claim.protocol, claims.arms[name])["trial_id"])
+        arm_trials.update(_arm_trials(trials, claim.protocol, claims.arms[name], claim.task)["trial_id"])
     curve = frame[
         frame["trial_id"].isin(arm_trials)
         & (frame["split"] == "val")

@@ -58,10 +58,10 @@ def claim(ident: str, compare: str, metric: str = "accuracy", **fields) -> str:
 ATTENTION = {"a": ("vanilla", {}), "b": ("local", {"block_size": 8}), "c": ("sparse", {"block_size": 8, "stride": 2})}
 
 
-def write_trial(store: ResultStore, arm: str, seed: int, metrics: list[tuple]) -> None:
+def write_trial(store: ResultStore, arm: str, seed: int, metrics: list[tuple], task: str = "sort") -> None:
     """One trial of the synthetic grid, stored through the real store."""
     name, params = ATTENTION[arm]
-    config = {"grid": "synthetic", "task": "sort", "scale": "smoke", "seed": seed, "attention": name}
+    config = {"grid": "synthetic", "task": task, "scale": "smoke", "seed": seed, "attention": name}
     config |= {"params": params, "model": {}, "train": {}, "task_params": {}, "resources": {}}
     trial_id = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
     store.write_trial(trial_id, rows_for_trial(trial_id, config, metrics=metrics, error=None, common={}))
@@ -132,6 +132,54 @@ def test_above_reads_a_lower_is_better_metric_the_other_way(tmp_path):
     high_bpc = store_of(tmp_path / "s2", {"a": HIGH}, metric="bpc").read()
     assert evaluate(claims.claims[0], claims, low_bpc).verdict == "holds"
     assert evaluate(claims.claims[0], claims, high_bpc).verdict == FAILS
+
+
+def test_a_claim_naming_a_task_reads_only_that_tasks_trials(tmp_path):
+    store = ResultStore(tmp_path / "store")
+    for seed in range(3):  # a ahead of b on sort, behind on classify: one grid, two tasks, one metric
+        for arm, task, value in (
+            ("a", "sort", HIGH),
+            ("b", "sort", LOW),
+            ("a", "classify", LOW),
+            ("b", "classify", HIGH),
+        ):
+            write_trial(store, arm, seed, [("test", "accuracy", value[seed])], task=task)
+    frame = store.read()
+    for task, verdict in (("sort", "holds"), ("classify", FAILS)):
+        claims = load_claims(claims_yaml(tmp_path, claim("x", "better", a="a", b="b", task=task)))
+        result = evaluate(claims.claims[0], claims, frame)
+        assert result.verdict == verdict and [arm.n for arm in result.arms] == [3, 3]
+    # without a task both tasks' trials are pooled: six values per arm where the protocol names three seeds
+    claims = load_claims(claims_yaml(tmp_path, claim("x", "better", a="a", b="b")))
+    assert [arm.n for arm in evaluate(claims.claims[0], claims, frame).arms] == [6, 6]
+
+
+def test_the_report_judges_the_claims_file_it_is_given(tmp_path, capsys):
+    path = claims_yaml(tmp_path, claim("x", "better", a="a", b="b"))
+    store_of(tmp_path / "store", {"a": HIGH, "b": LOW})
+    out = tmp_path / "page.html"
+    assert cli.main(["report", "--results", str(tmp_path / "store"), "--out", str(out), "--claims", str(path)]) == 0
+    assert 'id="claims"' in out.read_text()
+    assert cli.main(["report", "--results", str(tmp_path / "store"), "--out", str(out)]) == 0
+    assert 'id="claims"' not in out.read_text()  # the study's claims read none of this store's grids
+    (tmp_path / "bad.yaml").write_text("arms: {}\n")
+    assert (
+        cli.main(
+            ["report", "--results", str(tmp_path / "store"), "--out", str(out), "--claims", str(tmp_path / "bad.yaml")]
+        )
+        == 2
+    )
+    assert "bad.yaml" in capsys.readouterr().err
+
+
+def test_the_documented_example_claims_file_is_valid_and_shown_whole(monkeypatch):
+    root = Path(__file__).resolve().parents[2]
+    monkeypatch.chdir(root)  # its protocol paths are read from the repository's root, as the guide says
+    example = root / "docs" / "examples" / "demo_claims.yaml"
+    claims = load_claims(example)
+    assert {c.task for c in claims.claims} == {"sort", "classify"}
+    guide = (root / "docs" / "writing-claims.md").read_text(encoding="utf-8")
+    assert "```yaml\n" + example.read_text(encoding="utf-8") + "```" in guide
 
 
 def test_a_protocol_without_trials_is_no_data_and_with_some_seeds_incomplete(tmp_path):
