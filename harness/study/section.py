@@ -90,12 +90,11 @@ def strip_figure(strips: list[tuple[str, list[dict]]]) -> dict | None:
     ax.set_yticks(range(len(strips)), [_text(name) for name, _ in strips], fontsize=7)
     ax.invert_yaxis()
     ax.set_xlabel("training step (val curve)")
-    ax.legend(
+    figure.legend(  # outside the axes: constrained layout makes room below the axis label, whatever the strips
         handles=[Patch(facecolor=c, edgecolor="#8c959f", label=v) for v, c in COLOURS.items() if v != NO_DATA],
         fontsize=7,
-        loc="upper center",
-        bbox_to_anchor=(0.5, -0.25 if len(strips) < 6 else -0.08),
-        ncols=4,
+        loc="outside lower center",
+        ncols=len(COLOURS) - 1,
         frameon=False,
     )
     sns.despine(fig=figure, left=True)
