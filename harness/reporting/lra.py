@@ -109,16 +109,16 @@ def efficiency_rows(frame: pd.DataFrame) -> list[dict]:
         return ours
     measured = set(frame.loc[(frame["task"] == MODEL_TASK) & (frame["status"] == "ok"), "attention"])
     table = data["efficiency"]
-    transformer = {r["length"]: r for r in table["rows"] if r["attention"] == "vanilla"}
+    transformer_peak = {r["length"]: r["peak_gb"] for r in table["rows"] if r["attention"] == "vanilla"}
     theirs = [
         {
             "label": f"{row['model']} (LRA)",
             "device": table["device"],
             "length": row["length"],
-            "steps": f"{row['steps']}",
+            "steps": str(row["steps"]),
             "speed": f"{row['speed']}x",
             "peak": f"{row['peak_gb']} GB",
-            "memory": f"{row['peak_gb'] / transformer[row['length']]['peak_gb']:.2f}x",
+            "memory": f"{row['peak_gb'] / transformer_peak[row['length']]:.2f}x",
             "ours": False,
         }
         for row in table["rows"]

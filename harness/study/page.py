@@ -167,10 +167,12 @@ def _protocol_facts(frame: pd.DataFrame, results: list[ClaimResult]) -> str:
     grids = _grids(files)
     if not fed:
         return f"Grids: {grids}; no trials stored yet."
-    low, high = (f"{minutes.min():.1f}", f"{minutes.max():.1f}") if len(minutes) else ("", "")
-    span = "" if not low else f", {low} min of training" if low == high else f", {low}-{high} min of training each"
     trials = "1 stored trial feeds" if len(fed) == 1 else f"{len(fed)} stored trials feed"
-    return f"Grids: {grids}; {trials} these claims{span}" + (" (one core)." if span else ".")
+    if minutes.empty:
+        return f"Grids: {grids}; {trials} these claims."
+    low, high = f"{minutes.min():.1f}", f"{minutes.max():.1f}"
+    span = f"{low} min of training" if low == high else f"{low}-{high} min of training each"
+    return f"Grids: {grids}; {trials} these claims, {span} (one core)."
 
 
 def _gpu_section(frame: pd.DataFrame) -> list[str]:
