@@ -30,6 +30,7 @@ from harness.study.verdicts import (
     paper_text,
     read_arm,
     same_order_every_seed,
+    stage_decisions,
     trial_table,
 )
 
@@ -212,7 +213,8 @@ def _gpu_section(frame: pd.DataFrame) -> list[str]:
 def render(claims: ClaimsFile, frame: pd.DataFrame, gpu: pd.DataFrame | None = None) -> str:
     """The whole page as Markdown."""
     trials = trial_table(frame)
-    results = [evaluate(claim, claims, frame, trials) for claim in claims.claims]
+    decisions = stage_decisions(claims, frame, trials)
+    results = [evaluate(claim, claims, frame, trials, decisions=decisions) for claim in claims.claims]
     by_id = {r.claim.id: r for r in results}
     counts = pd.Series([r.verdict for r in results]).value_counts()
     lines = [
@@ -241,7 +243,7 @@ def render(claims: ClaimsFile, frame: pd.DataFrame, gpu: pd.DataFrame | None = N
             continue
         lines += [f"## {section.title}", "", section.text.strip(), "", _protocol_facts(frame, chosen), ""]
         lines += _claim_table(chosen)
-        along = [_along(r.claim.id, along_training(r.claim, claims, frame, trials)) for r in chosen]
+        along = [_along(r.claim.id, along_training(r.claim, claims, frame, trials, decisions)) for r in chosen]
         along = [a for a in along if a]
         if along:
             lines += ["", "The verdict along training (the same rule on the val curve at every evaluation):", ""]

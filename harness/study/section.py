@@ -27,6 +27,7 @@ from harness.study.verdicts import (
     along_training,
     evaluate,
     paper_text,
+    stage_decisions,
     trial_table,
 )
 
@@ -116,8 +117,9 @@ def claims_section(frame: pd.DataFrame, claims_file: str | Path | None = None) -
     if not relevant:
         return None
     trials = trial_table(frame)
-    results = [evaluate(claim, claims, frame, trials) for claim in relevant]
-    strips = [(claim.id, along_training(claim, claims, frame, trials)) for claim in relevant]
+    decisions = stage_decisions(claims, frame, trials)
+    results = [evaluate(claim, claims, frame, trials, decisions=decisions) for claim in relevant]
+    strips = [(claim.id, along_training(claim, claims, frame, trials, decisions)) for claim in relevant]
     return {
         "kind": "claims",
         "id": "claims",

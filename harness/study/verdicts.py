@@ -212,6 +212,14 @@ def rule(claim: Claim, arms: dict[str, ArmResult]) -> str:
     return combine([beats(arms[before], arms[after], m) for before, after in steps])
 
 
+@dataclass(frozen=True)
+class StageDecision:
+    """What a stopping rule decided once its first stage had run: whether the other seeds are due, and why."""
+
+    go_on: bool
+    detail: str
+
+
 def evaluate(
     claim: Claim,
     claims: ClaimsFile,
@@ -219,8 +227,10 @@ def evaluate(
     trials: pd.DataFrame | None = None,
     split: str | None = None,
     step: int | None = None,
+    decisions: dict[str, StageDecision | None] | None = None,
 ) -> ClaimResult:
-    """One claim's verdict: on its own split and step, or (``split``/``step`` given) at another evaluation."""
+    """One claim's verdict: on its own split and step, or (``split``/``step`` given) at another evaluation.
+    ``decisions`` (from ``stage_decisions``) saves working out the stopping rules again for every claim."""
     trials = trial_table(frame) if trials is None else trials
     split = split or claim.split
     step = claim.step if split == claim.split and step is None else step
@@ -232,20 +242,17 @@ def evaluate(
     short = [f"{a.label} {a.n} of {a.expected} seeds" for a in listed if a.n < a.expected]
     if short:
         stopping = claims.stopping_rule(claim)
-        decision = None if stopping is None else first_stage(stopping, claims, frame, trials)
+        if stopping is None:
+            decision = None
+        elif decisions is not None:
+            decision = decisions[stopping.protocol]
+        else:
+            decision = first_stage(stopping, claims, frame, trials)
         if decision is not None and not decision.go_on:
             return ClaimResult(claim, STOPPED, listed, decision.detail)
         detail = "; ".join(short) + (f"; {decision.detail}" if decision is not None else "")
         return ClaimResult(claim, INCOMPLETE, listed, detail)
     return ClaimResult(claim, rule(claim, arms), listed)
-
-
-@dataclass(frozen=True)
-class StageDecision:
-    """What a stopping rule decided once its first stage had run: whether the other seeds are due, and why."""
-
-    go_on: bool
-    detail: str
 
 
 def first_stage(
@@ -276,13 +283,27 @@ def first_stage(
     )
 
 
+def stage_decisions(claims: ClaimsFile, frame: pd.DataFrame, trials: pd.DataFrame) -> dict[str, StageDecision | None]:
+    """Every stopping rule's decision, by protocol: it depends only on the rule and the store, so it is worked out
+    once per store, not once per claim and evaluation step."""
+    return {rule.protocol: first_stage(rule, claims, frame, trials) for rule in claims.stopping}
+
+
 def evaluate_all(claims: ClaimsFile, frame: pd.DataFrame) -> list[ClaimResult]:
     trials = trial_table(frame)
-    return [evaluate(claim, claims, frame, trials) for claim in claims.claims]
+    decisions = stage_decisions(claims, frame, trials)
+    return [evaluate(claim, claims, frame, trials, decisions=decisions) for claim in claims.claims]
 
 
-def along_training(claim: Claim, claims: ClaimsFile, frame: pd.DataFrame, trials: pd.DataFrame) -> list[dict]:
+def along_training(
+    claim: Claim,
+    claims: ClaimsFile,
+    frame: pd.DataFrame,
+    trials: pd.DataFrame,
+    decisions: dict[str, StageDecision | None] | None = None,
+) -> list[dict]:
     """The claim's rule at every evaluation step of the val curve: [{step, verdict}], empty without curve rows."""
+    decisions = stage_decisions(claims, frame, trials) if decisions is None else decisions
     arm_trials = set()
     for name in claim.arm_names():
         arm_trials.update(_arm_trials(trials, claim.protocol, claims.arms[name], claim.task)["trial_id"])
@@ -293,7 +314,7 @@ def along_training(claim: Claim, claims: ClaimsFile, frame: pd.DataFrame, trials
         & frame["step"].notna()
     ]
     return [
-        {"step": int(step), "verdict": evaluate(claim, claims, frame, trials, split="val", step=int(step)).verdict}
+        {"step": int(step), "verdict": evaluate(claim, claims, frame, trials, "val", int(step), decisions).verdict}
         for step in sorted(curve["step"].unique())
     ]
 

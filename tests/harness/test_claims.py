@@ -20,6 +20,7 @@ import pytest
 from harness import cli
 from harness.store import ResultStore, rows_for_trial
 from harness.study import section as claims_report
+from harness.study import verdicts
 from harness.study.claims import EXPECTED_FILE, STUDY_RESULTS, ClaimsError, load_claims
 from harness.study.page import render as render_page
 from harness.study.verdicts import evaluate, evaluate_all
@@ -226,10 +227,15 @@ def test_a_stopping_rule_reads_stopped_when_no_first_stage_arm_ends_past_its_val
     assert result.verdict == "inconclusive"
 
 
-def test_the_page_shows_the_first_stage_curve_of_a_stopped_protocol(tmp_path):
+def test_the_page_shows_the_first_stage_curve_of_a_stopped_protocol(tmp_path, monkeypatch):
     path = staged(tmp_path)
     path.write_text(path.read_text().replace("arms:", "sections:\n  - {title: T, claims: [x]}\narms:", 1))
+    decided = []
+    real_first_stage = verdicts.first_stage
+    monkeypatch.setattr(verdicts, "first_stage", lambda *args: decided.append(args[0]) or real_first_stage(*args))
     page = render_page(load_claims(path), staged_store(tmp_path / "s", {"a": [0.50], "b": [0.53]}).read())
+    # the rule is decided once per store, not again for the claim and for each of its two val steps
+    assert len(decided) == 1
     assert "**stopped** (stopping rule of" in page and "the curve the stopping rule decided on" in page
     assert "| step | A | B |" in page and "| 10 | 50.00 | 50.00 |" in page and "| 20 | 50.00 | 53.00 |" in page
 
