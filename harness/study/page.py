@@ -243,7 +243,12 @@ def render(claims: ClaimsFile, frame: pd.DataFrame, gpu: pd.DataFrame | None = N
             continue
         lines += [f"## {section.title}", "", section.text.strip(), "", _protocol_facts(frame, chosen), ""]
         lines += _claim_table(chosen)
-        along = [_along(r.claim.id, along_training(r.claim, claims, frame, trials, decisions)) for r in chosen]
+        # a stopped claim reads "stopped" at every step; the first stage's curve below is what it was decided on
+        along = [
+            _along(r.claim.id, along_training(r.claim, claims, frame, trials, decisions))
+            for r in chosen
+            if r.verdict != STOPPED
+        ]
         along = [a for a in along if a]
         if along:
             lines += ["", "The verdict along training (the same rule on the val curve at every evaluation):", ""]

@@ -238,6 +238,7 @@ def test_the_page_shows_the_first_stage_curve_of_a_stopped_protocol(tmp_path, mo
     assert len(decided) == 1
     assert "**stopped** (stopping rule of" in page and "the curve the stopping rule decided on" in page
     assert "| step | A | B |" in page and "| 10 | 50.00 | 50.00 |" in page and "| 20 | 50.00 | 53.00 |" in page
+    assert "The verdict along training" not in page  # the curve stands in for a strip of "stopped"
 
 
 @pytest.mark.parametrize(
