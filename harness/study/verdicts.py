@@ -242,12 +242,11 @@ def evaluate(
     short = [f"{a.label} {a.n} of {a.expected} seeds" for a in listed if a.n < a.expected]
     if short:
         stopping = claims.stopping_rule(claim)
-        if stopping is None:
-            decision = None
-        elif decisions is not None:
-            decision = decisions[stopping.protocol]
-        else:
-            decision = first_stage(stopping, claims, frame, trials)
+        decision = None
+        if stopping is not None:
+            decision = (
+                decisions[stopping.protocol] if decisions is not None else first_stage(stopping, claims, frame, trials)
+            )
         if decision is not None and not decision.go_on:
             return ClaimResult(claim, STOPPED, listed, decision.detail)
         detail = "; ".join(short) + (f"; {decision.detail}" if decision is not None else "")

@@ -227,15 +227,26 @@ def test_a_stopping_rule_reads_stopped_when_no_first_stage_arm_ends_past_its_val
     assert result.verdict == "inconclusive"
 
 
-def test_the_page_shows_the_first_stage_curve_of_a_stopped_protocol(tmp_path, monkeypatch):
-    path = staged(tmp_path)
-    path.write_text(path.read_text().replace("arms:", "sections:\n  - {title: T, claims: [x]}\narms:", 1))
+def test_a_stopping_rule_is_decided_once_per_store_not_per_claim_and_val_step(tmp_path, monkeypatch):
+    claims = load_claims(staged(tmp_path))
+    frame = staged_store(tmp_path / "s", {"a": [0.50], "b": [0.53]}).read()
     decided = []
     real_first_stage = verdicts.first_stage
     monkeypatch.setattr(verdicts, "first_stage", lambda *args: decided.append(args[0]) or real_first_stage(*args))
+    (result,) = evaluate_all(claims, frame)
+    assert result.verdict == "stopped" and len(decided) == 1
+    # along training: one decision for the two val steps, and none at all when the caller passes its decisions in
+    trials = verdicts.trial_table(frame)
+    points = verdicts.along_training(claims.claims[0], claims, frame, trials)
+    assert [p["verdict"] for p in points] == ["stopped", "stopped"] and len(decided) == 2
+    decisions = verdicts.stage_decisions(claims, frame, trials)
+    assert verdicts.along_training(claims.claims[0], claims, frame, trials, decisions) == points and len(decided) == 3
+
+
+def test_the_page_shows_the_first_stage_curve_of_a_stopped_protocol(tmp_path):
+    path = staged(tmp_path)
+    path.write_text(path.read_text().replace("arms:", "sections:\n  - {title: T, claims: [x]}\narms:", 1))
     page = render_page(load_claims(path), staged_store(tmp_path / "s", {"a": [0.50], "b": [0.53]}).read())
-    # the rule is decided once per store, not again for the claim and for each of its two val steps
-    assert len(decided) == 1
     assert "**stopped** (stopping rule of" in page and "the curve the stopping rule decided on" in page
     assert "| step | A | B |" in page and "| 10 | 50.00 | 50.00 |" in page and "| 20 | 50.00 | 53.00 |" in page
     assert "The verdict along training" not in page  # the curve stands in for a strip of "stopped"
